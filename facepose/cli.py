@@ -1,0 +1,277 @@
+"""The ``facepose`` command: ``facepose <noun> <verb>``.
+
+Every path argument also takes an ``s3://`` URI. Errors print one line ``error: ...`` and exit non-zero;
+long work shows a progress bar. Global options set config: ``--config FILE`` merges a YAML file and
+``-s key=value`` overrides one field (``facepose -s face.detector=cnn face crop photo.jpg -o crop.png``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from facepose.errors import FaceposeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="facepose: one-shot, pose-driven talking-head videos and the batch pipelines around them.")
+pose_app = typer.Typer(no_args_is_help=True, help="Pose sequences: extract, make, draw, show, plot, presets.")
+face_app = typer.Typer(no_args_is_help=True, help="Face detection and cropping.")
+app.add_typer(pose_app, name="pose")
+app.add_typer(face_app, name="face")
+
+console = Console(stderr=True)
+
+
+class State:
+    overrides: list[str] = []
+    files: list[str] = []
+    _cfg = None
+
+    @property
+    def cfg(self):
+        if self._cfg is None:
+            from facepose import storage
+            from facepose.config import load_config
+
+            self._cfg = load_config(self.overrides, self.files)
+            storage.configure(self._cfg.storage)
+        return self._cfg
+
+
+state = State()
+
+
+@app.callback()
+def _root(
+    config: List[Path] = typer.Option([], "--config", "-c", help="Extra YAML config merged on configs/*.yaml."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Config override key=value (repeatable)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+) -> None:
+    """facepose: one-shot, pose-driven talking-head videos and the batch pipelines around them."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    state.overrides, state.files, state._cfg = list(set_), [str(c) for c in config], None
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: Optional[int] = None) -> Iterator:
+    """A rich progress bar; yields ``update(done, total)``."""
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal and os.environ.get("FACEPOSE_PROGRESS") != "1") as bar:
+        task = bar.add_task(label, total=total)
+
+        def update(done: int, total_: Optional[int] = None) -> None:
+            bar.update(task, completed=done, total=total_ if total_ is not None else bar.tasks[0].total)
+
+        yield update
+
+
+def done(message: str) -> None:
+    console.print(f"[green]✓[/green] {message}")
+
+
+# -- pose ----------------------------------------------------------------------------------------
+@pose_app.command("extract")
+def pose_extract(
+    video: str = typer.Argument(..., help="Driving video (path or s3:// URI)."),
+    output: str = typer.Option(..., "-o", "--output", help="Pose Parquet to write."),
+    fps: float = typer.Option(24.0, help="Frame rate of the pose sequence."),
+) -> None:
+    """Track the face in VIDEO and write its 68 landmarks per frame to a pose Parquet."""
+    from facepose.face.track import track_video
+    from facepose.media.video import probe_video
+
+    cfg = state.cfg
+    info = probe_video(video)
+    with progress_bar("tracking", total=max(1, int(round(info.duration * fps)))) as update:
+        pose = track_video(video, cfg.face, fps=fps, progress=update)
+    pose.save(output)
+    lost = int((~pose.visible).sum())
+    done(f"{output}: {len(pose)} frames at {pose.fps:g} fps, face lost in {lost}")
+
+
+@pose_app.command("draw")
+def pose_draw(
+    pose_uri: str = typer.Argument(..., metavar="POSE", help="Pose Parquet."),
+    output: str = typer.Option(..., "-o", "--output", help="mp4 preview to write."),
+    size: int = typer.Option(512, help="Output side in pixels."),
+    lines: bool = typer.Option(False, help="Connect the points along the face contours."),
+) -> None:
+    """Draw a pose sequence as DWPose-style face images into an mp4."""
+    from facepose.pose.draw import write_pose_video
+    from facepose.pose.sequence import PoseSequence
+
+    pose = PoseSequence.load(pose_uri)
+    with progress_bar("drawing", total=len(pose)) as update:
+        write_pose_video(pose, output, size=size, lines=lines, progress=update)
+    done(f"{output}: {len(pose)} frames")
+
+
+@pose_app.command("show")
+def pose_show(pose_uri: str = typer.Argument(..., metavar="POSE", help="Pose Parquet.")) -> None:
+    """Print what a pose file holds: frames, fps, canvas, face size, missing frames."""
+    import numpy as np
+    from rich.table import Table
+
+    from facepose.pose.sequence import PoseSequence
+
+    pose = PoseSequence.load(pose_uri)
+    vis = pose.visible
+    sizes = pose.face_size()[vis] if vis.any() else np.zeros(1)
+    table = Table(show_header=False, title=pose_uri)
+    rows = [
+        ("frames", str(len(pose))),
+        ("fps", f"{pose.fps:g}"),
+        ("duration", f"{pose.duration:.2f} s"),
+        ("canvas", f"{pose.width}x{pose.height}"),
+        ("face size", f"{np.median(sizes):.0f} px (min {sizes.min():.0f}, max {sizes.max():.0f})"),
+        ("missing frames", f"{int((~vis).sum())}"),
+        ("head pose", "yes" if pose.head_pose is not None else "no"),
+        ("source", pose.source or "-"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+
+@pose_app.command("presets")
+def pose_presets() -> None:
+    """List the bundled pose presets (use them as `preset:<name>`)."""
+    from rich.table import Table
+
+    from facepose.pose.presets import list_presets
+
+    table = Table("preset", "seconds", "description")
+    for p in list_presets():
+        name, description, seconds = p
+        table.add_row(f"preset:{name}", f"{seconds:g}", description)
+    Console().print(table)
+
+
+@pose_app.command("make")
+def pose_make(
+    source: str = typer.Argument(..., help="preset:<name>, a driving video, a speech audio file or a pose Parquet."),
+    reference: str = typer.Option(..., "--reference", "-r", help="Reference face photo."),
+    output: str = typer.Option(..., "-o", "--output", help="Pose Parquet to write."),
+    seconds: Optional[float] = typer.Option(None, help="Trim or loop to exactly this long."),
+    kind: Optional[str] = typer.Option(None, help="Override the source kind guessed from the extension (preset, video, audio, pose)."),
+) -> None:
+    """Make a pose sequence for REFERENCE from SOURCE (retargeted onto the reference's own face)."""
+    from facepose.media.image import read_image
+    from facepose.pose.source import from_source
+
+    with console.status(f"making pose from {source}"):
+        pose = from_source(source, read_image(reference), seconds=seconds, cfg=state.cfg, kind=kind)
+    pose.save(output)
+    done(f"{output}: {len(pose)} frames ({pose.duration:.2f} s at {pose.fps:g} fps)")
+
+
+@pose_app.command("plot")
+def pose_plot(
+    pose_uri: str = typer.Argument(..., metavar="POSE", help="Pose Parquet."),
+    output: str = typer.Option(..., "-o", "--output", help="PNG to write."),
+) -> None:
+    """Plot mouth opening and head yaw, pitch and roll over time."""
+    from facepose.pose.plot import plot_pose
+    from facepose.pose.sequence import PoseSequence
+
+    plot_pose(PoseSequence.load(pose_uri), output)
+    done(output)
+
+
+# -- face ----------------------------------------------------------------------------------------
+@face_app.command("crop")
+def face_crop(
+    image: str = typer.Argument(..., help="Photo with a face."),
+    output: str = typer.Option(..., "-o", "--output", help="Square face crop to write (png/jpg)."),
+    mask: Optional[str] = typer.Option(None, help="Also write the Face Locator mask here."),
+    landmarks: bool = typer.Option(False, help="Draw the 68 landmarks on the crop."),
+) -> None:
+    """Detect the face in IMAGE and write a square crop (crop_size from config) and its mask."""
+    import cv2
+
+    from facepose.face.crop import crop_face
+    from facepose.media.image import read_image, write_image
+
+    cfg = state.cfg
+    crop = crop_face(read_image(image), cfg.face, name=image)
+    out = crop.image.copy()
+    if landmarks:
+        for x, y in crop.landmarks:
+            cv2.circle(out, (int(round(x)), int(round(y))), 2, (0, 255, 0), -1)
+    write_image(output, out)
+    if mask:
+        write_image(mask, crop.mask)
+    done(f"{output}: {out.shape[1]}x{out.shape[0]}")
+
+
+# -- render --------------------------------------------------------------------------------------
+@app.command("render")
+def render(
+    reference: str = typer.Option(..., "--reference", "-r", help="Reference face photo."),
+    pose: str = typer.Option(..., "--pose", "-p", help="preset:<name>, a driving video, a speech audio file or a pose Parquet."),
+    output: str = typer.Option(..., "-o", "--output", help="mp4 to write."),
+    seconds: Optional[float] = typer.Option(None, help="Length in seconds (default: the source's own; presets loop)."),
+    backend: Optional[str] = typer.Option(None, help="Renderer: warp (CPU, default) or diffusion (needs a checkpoint)."),
+    seed: int = typer.Option(0, help="Random seed (diffusion)."),
+    kind: Optional[str] = typer.Option(None, help="Override the pose source kind (preset, video, audio, pose)."),
+) -> None:
+    """Render a 512x512, 24 fps talking-head video of REFERENCE driven by POSE."""
+    from facepose.render.job import render_video
+
+    cfg = state.cfg
+    backend = backend or getattr(getattr(cfg, "render", None), "backend", "warp")
+    with progress_bar(f"rendering ({backend})") as update:
+        result = render_video(reference, pose, output, seconds=seconds, backend=backend, seed=seed, cfg=cfg,
+                              driver_type=kind, progress=update)
+    audio = f", audio from {result.audio}" if result.audio else ""
+    done(f"{result.output}: {result.frames} frames, {result.seconds:.2f} s{audio} ({result.render_s:.1f} s to render)")
+
+
+# -- config --------------------------------------------------------------------------------------
+@app.command("config")
+def show_config() -> None:
+    """Print the merged configuration (configs/*.yaml, --config files and -s overrides)."""
+    from facepose.config import to_yaml
+
+    print(to_yaml(state.cfg), end="")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: runs the CLI, turning FaceposeErrors into one ``error:`` line and exit code 1."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="facepose", standalone_mode=False)
+    except FaceposeError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 1
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 130
+    except ValueError as e:  # registry lookups (unknown backend, ...) raise ValueError with the choices
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

