@@ -41,6 +41,7 @@ class SmoothingConfig:
     min_cutoff: float = 1.0  # Hz; lower removes more jitter at rest
     beta: float = 0.05  # speed coefficient; higher lags less on fast motion
     d_cutoff: float = 1.0  # Hz; cutoff of the derivative estimate
+    zero_phase: bool = True  # offline tracks: filter forwards then backwards, which cancels the lag
 
 
 @dataclass

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _config = StorageConfig()
+_umask = os.umask(0)
+os.umask(_umask)
+_FILE_MODE = 0o666 & ~_umask
 _clients: dict[tuple, object] = {}
 _lock = threading.Lock()
 
@@ -264,6 +267,7 @@ def atomic_local_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; published files get the usual umask-derived mode
     except OSError as e:
         raise StorageError(f"{path}: cannot write ({e.strerror})") from None
     try:
@@ -341,6 +345,7 @@ def writer(uri: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=f".part{suffix}", dir=dst.parent)
         os.close(fd)
+        os.chmod(tmp, _FILE_MODE)
         try:
             yield Path(tmp)
             os.replace(tmp, dst)

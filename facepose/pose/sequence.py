@@ -114,7 +114,8 @@ class PoseSequence:
             shape = (-1,) + (1,) * (a.ndim - 1)
             return a[lo] * (1 - w.reshape(shape)) + a[hi] * w.reshape(shape)
 
-        scores = np.minimum(self.scores[lo], self.scores[hi])  # a frame is seen only if both neighbours are
+        # An interpolated frame is seen only if both neighbours are; an exact hit takes its own score.
+        scores = np.where((w > 0)[:, None], np.minimum(self.scores[lo], self.scores[hi]), self.scores[lo])
         hp = None if self.head_pose is None else lerp(self.head_pose)
         return replace(self, landmarks=lerp(self.landmarks), scores=scores, head_pose=hp, fps=float(fps))
 
@@ -145,6 +146,8 @@ class PoseSequence:
             "facepose.version": FORMAT_VERSION,
             "facepose.source": self.source,
         }
+        # String-valued meta (e.g. the audio URI that drove the pose) travels with the file.
+        meta.update({f"facepose.meta.{k}": v for k, v in self.meta.items() if isinstance(v, str)})
         return pa.table(cols).replace_schema_metadata(meta)
 
     def to_parquet_bytes(self, extra: Optional[dict] = None) -> bytes:
@@ -191,6 +194,7 @@ class PoseSequence:
             width=width,
             height=height,
             source=source or meta.get("facepose.source", ""),
+            meta={k[len("facepose.meta."):]: v for k, v in meta.items() if k.startswith("facepose.meta.")},
         )
 
     @classmethod

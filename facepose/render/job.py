@@ -55,8 +55,9 @@ def render_video(
         raise InputError(f"seconds must be positive, got {seconds}")
     stage("reading reference")
     image = read_image(reference) if isinstance(reference, str) else reference
+    ref_name = reference if isinstance(reference, str) else "reference image"
     stage("making the pose sequence")
-    pose = from_source(driver, image, seconds=seconds, cfg=cfg, kind=driver_type)
+    pose = from_source(driver, reference if isinstance(reference, str) else image, seconds=seconds, cfg=cfg, kind=driver_type)
     if len(pose) == 0:
         raise InputError(f"pose from {driver} has 0 frames; nothing to render")
     audio = None
@@ -73,7 +74,7 @@ def render_video(
     stage("rendering")
     frames = 0
     with VideoWriter(output, fps=pose.fps, audio=audio, sample_rate=16000) as writer:
-        for frame in renderer.render(image, pose, seed=seed, progress=progress):
+        for frame in renderer.render(image, pose, seed=seed, progress=progress, name=ref_name):
             writer.write(frame)
             frames += 1
     if frames != len(pose):
