@@ -238,6 +238,70 @@ def render(
     done(f"{result.output}: {result.frames} frames, {result.seconds:.2f} s{audio} ({result.render_s:.1f} s to render)")
 
 
+# -- batch ---------------------------------------------------------------------------------------
+def _batch_summary(summary: dict, noun: str) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, title=f"{noun} summary")
+    for key, value in summary.items():
+        if key in {"errors", "results_rows"}:
+            continue
+        table.add_row(str(key), f"{value:.2f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    for err in summary.get("errors", [])[:20]:
+        console.print(f"[red]failed[/red] {err}", highlight=False, soft_wrap=True)
+
+
+@app.command("render-batch")
+def render_batch(
+    manifest: str = typer.Argument(..., help="Render manifest (CSV, JSONL or Parquet; path or s3:// URI)."),
+    out: str = typer.Option(..., "--out", "-o", help="Output prefix for the videos and results.parquet."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun only the jobs that failed before."),
+) -> None:
+    """Render every job of MANIFEST through the Prefect render flow on Ray actors (reruns resume)."""
+    from flows.render import run_render_batch
+
+    state.cfg  # validate config before starting Ray
+    with progress_bar("rendering jobs") as update:
+        summary = run_render_batch(manifest, out, overrides=state.overrides, config_files=state.files,
+                                   retry_failed=retry_failed, progress=lambda d, t, row=None: update(d, t))
+    _batch_summary(summary, "render")
+    done(f"videos under {summary.get('out', out)}; results in {summary.get('results')}")
+    if summary.get("error"):
+        raise typer.Exit(1)
+
+
+@app.command("curate")
+def curate(
+    manifest: str = typer.Argument(..., help="Curation manifest (video_id, video, [audio, start, end])."),
+    out: str = typer.Option(..., "--out", "-o", help="Output prefix of the curated dataset."),
+) -> None:
+    """Curate videos into 512x512 face clips, pose rows, audio features and Face Locator boxes."""
+    from flows.curate import run_curate
+
+    state.cfg
+    with progress_bar("curating videos") as update:
+        summary = run_curate(manifest, out, overrides=state.overrides, config_files=state.files,
+                             progress=lambda d, t, row=None: update(d, t))
+    _batch_summary(summary, "curation")
+    done(f"curated dataset under {summary.get('out', out)}")
+    if summary.get("error"):
+        raise typer.Exit(1)
+
+
+# -- web app -------------------------------------------------------------------------------------
+@app.command("app")
+def serve_app(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 to expose it)."),
+    port: int = typer.Option(7860, help="Port."),
+) -> None:
+    """Start the web app: photo -> pose -> video, and batch renders."""
+    from facepose.app import launch
+
+    console.print(f"facepose app on http://{host}:{port} (Ctrl+C to stop)")
+    launch(host, port, state.cfg)
+
+
 # -- config --------------------------------------------------------------------------------------
 @app.command("config")
 def show_config() -> None:

@@ -68,10 +68,69 @@ class PoseConfig:
 
 
 @dataclass
+class WarpConfig:
+    """Settings of the warp renderer (``render.warp`` in the config)."""
+
+    size: int = 512  # output side; the reference crop is resized to it
+    grid_step: int = 2  # the backward map is computed every grid_step pixels, then upsampled
+    feather: float = 0.04  # width of the mask's soft inner edge, as a share of the output size (the
+    # 1.2 box leaves about 0.045 of a 512 crop between the landmarks and its edge: they move in full)
+    anchors_per_side: int = 4  # fixed mesh points on each side of the frame border
+    mouth: bool = True  # paint a mouth interior when the target opens wider than the reference
+    mouth_start: float = 0.02  # ... from this much more opening (gap / mouth width) than the reference
+    mouth_ramp: float = 0.05  # ... fully painted this much further
+    eyelids: bool = True  # paint closed lids when the target closes the eyes further than the reference
+
+
+@dataclass
+class AppConfig:
+    """Limits and housekeeping of ``facepose app``."""
+
+    max_upload_mb: int = 200  # largest file the browser may upload (photo, driving video, audio, manifest)
+    max_seconds: float = 60.0  # longest video the app renders; longer sources need a shorter duration
+    render_concurrency: int = 1  # renders at a time per renderer (the rest wait in the queue)
+    preview_concurrency: int = 2  # pose previews (face tracking of a driving video) at a time
+    queue_size: Optional[int] = 32  # requests waiting in the queue before new ones are turned away
+    preview_size: int = 256  # side of the looping preset previews
+    work_dir: Optional[str] = None  # where renders and previews go; default <tmp>/facepose-app
+    batch_poll_s: float = 1.0  # how often the Batch tab reads the job's results and log
+    batch_output_prefix: Optional[str] = None  # default output prefix of batch runs; default <work_dir>/batch
+
+
+@dataclass
+class Audio2PoseConfig:
+    """``audio2pose:`` config section."""
+
+    checkpoint: Optional[str] = None  # learned model checkpoint (path or URI); None -> signal model
+    sample_rate: int = 16000  # Hz; audio is resampled to this before feature extraction
+    seed: int = 0  # blink timing and idle sway
+    silence_db: float = -45.0  # dBFS: quieter frames are silence (mouth closed)
+    gate_below_peak_db: float = 30.0  # ... and so are frames this far below the loud speech level
+    max_jaw: float = 0.8  # jaw_open at full loudness (face-model units; 1 is a wide-open mouth)
+    lip_shape: float = 0.5  # amplitude of lip stretch / pucker
+    head_motion: float = 1.0  # scale of nods and turns (1: a few degrees)
+    blink_interval_s: float = 3.5  # mean time between blinks
+    close_mouth: bool = True  # close the reference's lips at rest (open-mouthed photos)
+    device: str = "cpu"  # learned model only
+
+
+@dataclass
+class RetargetConfig:
+    """``retarget:`` config section."""
+
+    mode: str = "relative"  # relative | absolute
+    neutral: Optional[int] = 0  # driver frame taken as the rest pose; None: pick one (closed mouth, frontal)
+    min_face_fraction: float = 0.25  # driving videos: fewer frames with a face than this is a NoFaceError
+
+
+@dataclass
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
+    retarget: RetargetConfig = field(default_factory=RetargetConfig)
+    audio2pose: Audio2PoseConfig = field(default_factory=Audio2PoseConfig)
+    app: AppConfig = field(default_factory=AppConfig)
 
 
 def config_dir() -> Path:

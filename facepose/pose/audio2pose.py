@@ -30,6 +30,7 @@ import numpy as np
 from facepose.errors import InputError, MediaError
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
+from facepose.config import Audio2PoseConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +38,6 @@ SAMPLE_RATE = 16000
 FPS = 24.0
 N_FFT = 1024  # 64 ms analysis window at 16 kHz
 HEAD_LIMITS = np.array([8.0, 6.0, 4.0])  # the signal model never turns the head further (yaw, pitch, roll degrees)
-
-
-@dataclass
-class Audio2PoseConfig:
-    """``audio2pose:`` config section."""
-
-    checkpoint: Optional[str] = None  # learned model checkpoint (path or URI); None -> signal model
-    sample_rate: int = SAMPLE_RATE
-    seed: int = 0  # blink timing and idle sway
-    silence_db: float = -45.0  # dBFS: quieter frames are silence (mouth closed)
-    gate_below_peak_db: float = 30.0  # ... and so are frames this far below the loud speech level
-    max_jaw: float = 0.8  # jaw_open at full loudness (face-model units; 1 is a wide-open mouth)
-    lip_shape: float = 0.5  # amplitude of lip stretch / pucker
-    head_motion: float = 1.0  # scale of nods and turns (1: a few degrees)
-    blink_interval_s: float = 3.5  # mean time between blinks
-    close_mouth: bool = True  # close the reference's lips at rest (open-mouthed photos)
-    device: str = "cpu"  # learned model only
 
 
 # -- features --------------------------------------------------------------------------------------

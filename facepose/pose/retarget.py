@@ -28,18 +28,10 @@ import numpy as np
 from facepose.errors import InputError
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
+from facepose.config import RetargetConfig
 
 Mode = Literal["relative", "absolute"]
 MODES = ("relative", "absolute")
-
-
-@dataclass
-class RetargetConfig:
-    """``retarget:`` config section."""
-
-    mode: str = "relative"  # relative | absolute
-    neutral: Optional[int] = 0  # driver frame taken as the rest pose; None: pick one (closed mouth, frontal)
-    min_face_fraction: float = 0.25  # driving videos: fewer frames with a face than this is a NoFaceError
 
 
 @dataclass

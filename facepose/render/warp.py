@@ -35,23 +35,9 @@ from facepose.pose.sequence import PoseSequence
 from facepose.render.base import ProgressFn, register_renderer
 from facepose.render.warp_face import EyelidPainter, MouthPainter
 from facepose.render.warp_mesh import MeshWarp, border_anchors, face_points, triangulate
+from facepose.config import WarpConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WarpConfig:
-    """Settings of the warp renderer (``render.warp`` in the config)."""
-
-    size: int = 512  # output side; the reference crop is resized to it
-    grid_step: int = 2  # the backward map is computed every grid_step pixels, then upsampled
-    feather: float = 0.04  # width of the mask's soft inner edge, as a share of the output size (the
-    # 1.2 box leaves about 0.045 of a 512 crop between the landmarks and its edge: they move in full)
-    anchors_per_side: int = 4  # fixed mesh points on each side of the frame border
-    mouth: bool = True  # paint a mouth interior when the target opens wider than the reference
-    mouth_start: float = 0.02  # ... from this much more opening (gap / mouth width) than the reference
-    mouth_ramp: float = 0.05  # ... fully painted this much further
-    eyelids: bool = True  # paint closed lids when the target closes the eyes further than the reference
 
 
 @dataclass

@@ -1,0 +1,717 @@
+"""What the web app does, as plain functions: the Gradio callbacks in :mod:`facepose.app.ui` only unpack
+widgets, call these, and show the result or the error. Everything here takes paths and config, returns
+paths, arrays and text, and raises :class:`~facepose.errors.FaceposeError` with a one-line message for
+anything a person can get wrong, so it can be tested without a browser.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from facepose.app.config import AppConfig, app_config
+from facepose.errors import FaceposeError, InputError, ModelNotFoundError
+from facepose.render.base import ProgressFn
+
+log = logging.getLogger(__name__)
+
+#: the pose sources of step 2: label shown in the app -> ``kind`` of :func:`facepose.pose.source.from_source`
+SOURCES: dict[str, str] = {"Preset": "preset", "Driving video": "video", "Speech audio": "audio"}
+#: renderers the app offers, in order, with a short description
+BACKENDS: dict[str, str] = {
+    "warp": "fast, CPU, no weights: warps the photo along the landmarks",
+    "diffusion": "the paper's model: needs a checkpoint and, in practice, a GPU",
+}
+AUDIO_SR = 16000
+
+
+# -- workspace ------------------------------------------------------------------------------------
+class Workspace:
+    """The folder the app writes into: ``renders/``, ``poses/``, ``presets/``, ``batch/``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_config(cls, app: AppConfig) -> "Workspace":
+        import tempfile
+
+        return cls(app.work_dir or Path(tempfile.gettempdir()) / "facepose-app")
+
+    def new(self, kind: str, suffix: str, stem: str = "") -> Path:
+        """A fresh path ``<root>/<kind>/<stem>-<random><suffix>`` (the folder exists)."""
+        folder = self.root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{_safe_stem(stem)}-{uuid.uuid4().hex[:10]}" if stem else uuid.uuid4().hex[:16]
+        return folder / f"{name}{suffix}"
+
+    def dir(self, kind: str) -> Path:
+        folder = self.root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def prune(self, older_than_s: float = 24 * 3600, kinds: tuple[str, ...] = ("renders", "poses", "batch")) -> int:
+        """Delete what earlier sessions left in ``kinds`` more than ``older_than_s`` ago -> entries removed."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for kind in kinds:
+            folder = self.root / kind
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                        removed += 1
+                except OSError:  # another app process may be cleaning the same folder
+                    pass
+        return removed
+
+
+def _safe_stem(text: str) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(text).stem)[:40].strip("-")
+    return stem or "file"
+
+
+# -- step 1: reference ----------------------------------------------------------------------------
+@dataclass
+class ReferenceView:
+    """The face found in a reference photo.
+
+    preview: (S, S, 3) uint8 crop with its 68 landmarks and Face Locator region drawn; message: markdown."""
+
+    preview: np.ndarray
+    message: str
+    width: int
+    height: int
+
+
+def inspect_reference(path: str | os.PathLike, cfg: Any) -> ReferenceView:
+    """Detect the face of the photo at ``path`` and crop it as the renderers will.
+
+    Raises NoFaceError (no face), MediaError (not an image)."""
+    from facepose.face.crop import crop_face
+    from facepose.media.image import read_image
+
+    name = Path(path).name
+    image = read_image(path)
+    crop = crop_face(image, cfg.face, name=name)
+    h, w = image.shape[:2]
+    preview = draw_face(crop.image, crop.landmarks, crop.mask)
+    size = crop.image.shape[0]
+    message = f"Face found in **{name}** ({w}×{h}): cropped to {size}×{size} with its 68 landmarks."
+    return ReferenceView(preview=preview, message=message, width=w, height=h)
+
+
+def draw_face(image: np.ndarray, landmarks: np.ndarray, mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """image: (H, W, 3) uint8, landmarks: (68, 2) pixels, mask: (H, W) uint8 -> (H, W, 3) uint8 with the
+    points as green dots and the mask's outline in amber."""
+    import cv2
+
+    out = np.ascontiguousarray(image.copy())
+    side = max(out.shape[:2])
+    if mask is not None and mask.any():
+        contours, _ = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 191, 0), max(1, side // 256), cv2.LINE_AA)
+    radius = max(2, side // 200)
+    for x, y in np.asarray(landmarks, np.float32):
+        centre = (int(round(float(x))), int(round(float(y))))
+        cv2.circle(out, centre, radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
+        cv2.circle(out, centre, radius, (60, 255, 120), -1, cv2.LINE_AA)
+    return out
+
+
+# -- step 2: pose ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.seconds:g} s)"
+
+
+def presets() -> list[Preset]:
+    """The bundled pose presets, as :func:`facepose.pose.presets.list_presets` gives them."""
+    from facepose.pose.presets import list_presets
+
+    return [Preset(str(n), str(d), float(s)) for n, d, s in list_presets()]
+
+
+_preview_locks: dict[str, threading.Lock] = {}
+_preview_guard = threading.Lock()
+
+
+def preset_preview(name: str, ws: Workspace, size: int = 256) -> Path:
+    """A looping preview of preset ``name`` (its pose drawn with contour lines, ``size`` square, H.264),
+    made on first use and cached in the workspace."""
+    from facepose.pose.draw import write_pose_video
+    from facepose.pose.presets import load_preset
+
+    path = ws.dir("presets") / f"{_safe_stem(name)}-{int(size)}.mp4"
+    with _preview_guard:
+        lock = _preview_locks.setdefault(str(path), threading.Lock())
+    with lock:
+        if not path.is_file():
+            write_pose_video(load_preset(name), str(path), size=int(size) // 2 * 2, lines=True)
+    return path
+
+
+def driver_for(kind: str, preset: Optional[str] = None, video: Optional[str] = None, audio: Optional[str] = None) -> str:
+    """The ``driver`` string of :func:`facepose.render.job.render_video` for the chosen source, or an
+    InputError saying what is missing."""
+    if kind == "preset":
+        if not preset:
+            raise InputError("no preset chosen; pick one in step 2")
+        return preset if preset.startswith("preset:") else f"preset:{preset}"
+    if kind == "video":
+        if not video:
+            raise InputError("no driving video uploaded; upload one in step 2 (mp4, mov, webm, ...)")
+        return str(video)
+    if kind == "audio":
+        if not audio:
+            raise InputError("no speech audio given; upload or record it in step 2 (wav, mp3, m4a, ...)")
+        return str(audio)
+    raise InputError(f"unknown pose source {kind!r}; choose from {sorted(SOURCES.values())}")
+
+
+def source_seconds(driver: str, kind: str) -> float:
+    """The driver's own length in seconds (a preset's length, a video's or an audio file's duration)."""
+    if kind == "preset":
+        name = driver.split(":", 1)[1] if driver.startswith("preset:") else driver
+        for p in presets():
+            if p.name == name:
+                return p.seconds
+        raise InputError(f"unknown preset {name!r}; choose from {[p.name for p in presets()]}")
+    if kind == "video":
+        from facepose.media.video import probe_video
+
+        return float(probe_video(driver).duration)
+    if kind == "audio":
+        from facepose.media.audio import audio_duration
+
+        return float(audio_duration(driver))
+    raise InputError(f"unknown pose source {kind!r}; choose from {sorted(SOURCES.values())}")
+
+
+def describe_source(driver: str, kind: str) -> str:
+    """One markdown line about the chosen source: its name and own length."""
+    own = source_seconds(driver, kind)
+    if kind == "preset":
+        name = driver.split(":", 1)[-1]
+        desc = next((p.description for p in presets() if p.name == name), "")
+        return f"Preset **{name}**: {own:.1f} s, loops to fill a longer duration. {desc}".strip()
+    what = "Driving video" if kind == "video" else "Speech"
+    return f"{what} **{Path(driver).name}**: {own:.2f} s. The pose follows it; a duration of 0 uses all of it."
+
+
+def check_seconds(seconds: Optional[float], driver: str, kind: str, app: AppConfig) -> Optional[float]:
+    """Validate the requested duration against the app's limit -> ``seconds`` (None: the source's own).
+
+    The source's own length is checked too, so a long upload fails here and not after minutes of work."""
+    if seconds is not None and seconds != 0:
+        seconds = float(seconds)
+        if not seconds > 0:
+            raise InputError(f"duration must be positive, got {seconds:g} s")
+        if seconds > app.max_seconds:
+            raise InputError(f"duration {seconds:g} s is over this app's limit of {app.max_seconds:g} s; choose a shorter one")
+        return seconds
+    own = source_seconds(driver, kind)
+    if own > app.max_seconds:
+        name = driver if kind == "preset" else Path(driver).name
+        raise InputError(f"{name} is {own:.1f} s long, over this app's limit of {app.max_seconds:g} s; set a shorter duration")
+    if own <= 0:
+        raise InputError(f"{Path(driver).name} has no length (0 s); use a longer file")
+    return None
+
+
+def fit_audio(audio: np.ndarray, frames: int, fps: float, sr: int = AUDIO_SR) -> np.ndarray:
+    """audio: (N,) float32 -> (round(frames / fps * sr),) trimmed, or looped as a looped pose loops it."""
+    n = int(round(frames / fps * sr))
+    return np.resize(audio, n) if len(audio) else np.zeros(n, np.float32)
+
+
+@dataclass
+class PosePreview:
+    """The pose sequence step 2 made: ``video`` (drawn pose, with the driving audio), ``plot`` (PNG)."""
+
+    video: Path
+    plot: Path
+    frames: int
+    seconds: float
+    message: str
+
+
+def make_pose_preview(
+    reference: Optional[str],
+    driver: str,
+    kind: str,
+    seconds: Optional[float],
+    cfg: Any,
+    ws: Workspace,
+    progress: Optional[ProgressFn] = None,
+) -> PosePreview:
+    """Make the pose sequence for ``reference`` from ``driver`` (retargeted to the reference's face) and
+    draw it: a 512 pose video (carrying the driving audio, if any) and a plot over time."""
+    from facepose.media.audio import load_audio
+    from facepose.media.image import read_image
+    from facepose.media.video import VideoWriter
+    from facepose.pose.draw import iter_pose_images
+    from facepose.pose.plot import plot_pose
+    from facepose.pose.source import from_source
+
+    if not reference:
+        raise InputError("no reference photo yet; upload one in step 1 (the pose is fitted to its face)")
+    seconds = check_seconds(seconds, driver, kind, app_config(cfg))
+    pose = from_source(driver, read_image(reference), seconds=seconds, cfg=cfg, kind=kind)
+    if len(pose) == 0:
+        raise InputError(f"the pose from {Path(driver).name} has 0 frames; use a longer source")
+    audio_uri = pose.meta.get("audio")
+    audio = fit_audio(load_audio(audio_uri, sr=AUDIO_SR), len(pose), pose.fps) if audio_uri else None
+    stem = driver.split(":", 1)[-1] if kind == "preset" else Path(driver).stem
+    video = ws.new("poses", ".mp4", stem)
+    size = getattr(getattr(cfg, "pose", None), "size", 512)
+    with VideoWriter(str(video), fps=pose.fps, audio=audio, sample_rate=AUDIO_SR) as writer:
+        for i, image in enumerate(iter_pose_images(pose, size=size, lines=True)):
+            writer.write(image)
+            if progress is not None:
+                progress(i + 1, len(pose))
+    plot = ws.new("poses", ".png", stem)
+    plot_pose(pose, str(plot))
+    lost = int((~pose.visible).sum())
+    extra = f", face lost in {lost}" if lost else ""
+    sound = " with its audio" if audio is not None else ""
+    message = f"Pose: {len(pose)} frames, {pose.duration:.2f} s at {pose.fps:g} fps{extra}{sound}."
+    return PosePreview(video=video, plot=plot, frames=len(pose), seconds=pose.duration, message=message)
+
+
+# -- step 3: video --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    available: bool
+    reason: str = ""
+
+
+class RendererPool:
+    """Renderers built once and reused (models stay loaded), each behind its own lock so one renderer
+    renders one video at a time. A backend whose weights are missing is remembered as unavailable."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self._renderers: dict[str, Any] = {}
+        self._missing: dict[str, str] = {}
+        self._guard = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}
+        self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in BACKENDS}
+
+    def get(self, name: str) -> Any:
+        """The renderer called ``name``, built on first use; ModelNotFoundError when its weights are missing."""
+        from facepose.render.base import get_renderer
+
+        with self._guard:  # one build lock per backend: loading diffusion weights does not hold up warp
+            build = self._building.setdefault(name, threading.Lock())
+        with build:
+            if name in self._missing:
+                raise ModelNotFoundError(self._missing[name])
+            if name not in self._renderers:
+                try:
+                    self._renderers[name] = get_renderer(name, self.cfg)
+                except ModelNotFoundError as e:
+                    self._missing[name] = str(e)
+                    raise
+            return self._renderers[name]
+
+    def status(self, name: str) -> BackendStatus:
+        """Whether ``name`` can render here, and if not, why (the ModelNotFoundError's message)."""
+        try:
+            self.get(name)
+        except FaceposeError as e:  # ModelNotFoundError, a bad model config, unreachable weights
+            return BackendStatus(name, False, str(e))
+        except (ImportError, ValueError) as e:  # an optional backend whose code or packages are absent
+            return BackendStatus(name, False, f"{type(e).__name__}: {e}")
+        return BackendStatus(name, True)
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            yield
+
+
+@dataclass
+class Generated:
+    """A rendered video: ``video`` (512x512, 24 fps H.264 mp4, with audio when audio drove it)."""
+
+    video: Path
+    frames: int
+    seconds: float
+    render_s: float
+    audio: Optional[str]
+    message: str
+
+
+def generate_video(
+    reference: Optional[str],
+    driver: str,
+    kind: str,
+    seconds: Optional[float],
+    backend: str,
+    seed: int,
+    cfg: Any,
+    ws: Workspace,
+    pool: RendererPool,
+    steps: Optional[int] = None,
+    progress: Optional[ProgressFn] = None,
+    on_stage: Optional[Callable[[str], None]] = None,
+) -> Generated:
+    """Render the video of step 3 through :func:`facepose.render.job.render_video` (the one job path
+    shared with the CLI and batch). ``steps`` is the diffusion sampler's step count."""
+    from facepose.render.job import render_video
+
+    if not reference:
+        raise InputError("no reference photo yet; upload one in step 1")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
+    seconds = check_seconds(seconds, driver, kind, app_config(cfg))
+    renderer = pool.get(backend)
+    if steps is not None:
+        renderer = with_steps(renderer, int(steps))
+    stem = driver.split(":", 1)[-1] if kind == "preset" else Path(driver).stem
+    output = ws.new("renders", ".mp4", f"{Path(reference).stem}-{stem}")
+    with pool.lock(backend):
+        result = render_video(
+            str(reference), driver, str(output), seconds=seconds, backend=backend, seed=int(seed), cfg=cfg,
+            renderer=renderer, driver_type=kind, progress=progress, on_stage=on_stage,
+        )
+    sound = f", with the audio of {Path(result.audio).name}" if result.audio else ""
+    message = (f"Done: {result.frames} frames, {result.seconds:.2f} s at 24 fps{sound}; "
+               f"rendered by **{backend}** in {result.render_s:.1f} s.")
+    return Generated(video=output, frames=result.frames, seconds=result.seconds, render_s=result.render_s,
+                     audio=result.audio, message=message)
+
+
+def with_steps(renderer: Any, steps: int) -> Any:
+    """``renderer`` sampling with ``steps`` denoising steps: a shallow copy whose ``model`` config
+    (:class:`~facepose.render.diffusion.config.ModelConfig`) says so; the loaded models are shared.
+    A renderer without steps (warp) comes back as it is."""
+    import copy
+    import dataclasses
+
+    model = getattr(renderer, "model", None)
+    if model is None or not hasattr(model, "steps"):
+        return renderer
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}")
+    clone = copy.copy(renderer)
+    clone.model = dataclasses.replace(model, steps=int(steps))
+    return clone
+
+
+def friendly_error(exc: BaseException) -> str:
+    """The one line a person sees for ``exc``: a FaceposeError's own message, else its kind and text
+    (the traceback goes to the server log only)."""
+    if isinstance(exc, FaceposeError):
+        return str(exc)
+    if isinstance(exc, ValueError):  # registry lookups: "unknown renderer 'x'; choose from [...]"
+        return " ".join(str(exc).split())
+    log.exception("unexpected error in the web app")
+    text = " ".join(str(exc).split())[:300]
+    return f"unexpected {type(exc).__name__}: {text} (details are in the server log)"
+
+
+# -- batch ----------------------------------------------------------------------------------------
+#: columns of the Batch tab's job table
+BATCH_COLUMNS = ("job_id", "status", "output", "seconds", "render_s", "error")
+_PATH_COLUMNS = ("reference", "driver")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def stage_batch(manifest: str, inputs: list[str], folder: Path) -> Path:
+    """Copy an uploaded manifest and its input files into ``folder`` -> the staged manifest's path.
+
+    Relative paths in the manifest resolve against its folder, so uploaded files are found by name; a
+    path like ``refs/anna.png`` is pointed at the uploaded ``anna.png``. Raises InputError naming a
+    relative path that no uploaded file matches."""
+    from facepose.manifest import read_rows, write_rows
+
+    folder.mkdir(parents=True, exist_ok=True)
+    uploaded: dict[str, Path] = {}
+    for src in inputs:
+        name = Path(src).name
+        if name in uploaded:
+            raise InputError(f"two input files are called {name}; give them different names")
+        uploaded[name] = folder / name
+        shutil.copyfile(src, uploaded[name])
+    rows = read_rows(str(manifest))
+    if not rows:
+        raise InputError(f"{Path(manifest).name} has no rows; add one job a row (job_id, reference, driver)")
+    missing: list[str] = []
+    for n, row in enumerate(rows, 1):
+        for col in _PATH_COLUMNS:
+            value = row.get(col)
+            if not isinstance(value, str) or not value.strip():
+                continue
+            value = value.strip()
+            if value.startswith("preset:") or "://" in value or os.path.isabs(value):
+                continue
+            if (folder / value).is_file():
+                continue
+            if Path(value).name in uploaded:
+                row[col] = Path(value).name
+            else:
+                missing.append(f"{value} (row {n}, {col})")
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise InputError(f"{Path(manifest).name} names {', '.join(missing[:3])}{more}, not among the uploaded "
+                         "input files; upload them too or use absolute paths or s3:// URIs")
+    staged = folder / Path(manifest).name
+    write_rows(str(staged), rows)
+    return staged
+
+
+@dataclass
+class BatchStatus:
+    """One look at a running batch: ``rows`` (one dict a job, BATCH_COLUMNS), ``message`` (markdown),
+    ``log_tail`` (the last lines of the process output), ``downloads`` (local results files, at the end)."""
+
+    finished: bool
+    returncode: Optional[int]
+    rows: list[dict[str, Any]]
+    message: str
+    log_tail: str
+    downloads: list[Path]
+
+    def table(self, out: str = "") -> list[list[Any]]:
+        """Rows for display; outputs under ``out`` are shown relative to it."""
+        prefix = out.rstrip("/") + "/" if out else ""
+
+        def cell(r: dict[str, Any], c: str) -> Any:
+            v = r.get(c)
+            if c == "output" and isinstance(v, str) and prefix and v.startswith(prefix):
+                return v[len(prefix):]
+            return "" if v is None else v
+
+        return [[cell(r, c) for c in BATCH_COLUMNS] for r in self.rows]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r["status"]] = out.get(r["status"], 0) + 1
+        return out
+
+
+class BatchRun:
+    """``facepose render-batch MANIFEST --out PREFIX`` as a child process (Ray must start in a main
+    thread, and Gradio callbacks run in worker threads), watched through its done markers, its results
+    Parquet and its output."""
+
+    #: how the ``facepose`` command is started (the CLI of this interpreter)
+    PROGRAM: tuple[str, ...] = (sys.executable, "-m", "facepose.cli")
+
+    def __init__(self, manifest: str, out: str, folder: Path, config_file: Optional[Path] = None,
+                 results_uri: Optional[str] = None, planned: Optional[list[dict[str, Any]]] = None):
+        from facepose.manifest import results_uri as default_results
+
+        self.manifest, self.out, self.folder = str(manifest), str(out).rstrip("/"), Path(folder)
+        self.config_file = config_file
+        self.results_uri = results_uri or default_results(self.out)
+        self.planned = planned or []  # rows of the table before anything ran
+        self.log_path = self.folder / "render-batch.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.started = 0.0
+        self.started_iso = ""
+        self.ended: Optional[float] = None
+        self.stopped = False
+
+    def command(self) -> list[str]:
+        cmd = list(self.PROGRAM)
+        if self.config_file is not None:
+            cmd += ["--config", str(self.config_file)]
+        return cmd + ["render-batch", self.manifest, "--out", self.out]
+
+    def start(self) -> "BatchRun":
+        from facepose.manifest import utc_now
+
+        env = dict(os.environ)
+        env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback (RECIPES.md)
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        env["PYTHONUNBUFFERED"] = "1"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.started, self.started_iso = time.time(), utc_now()
+        with open(self.log_path, "wb") as logf:
+            # its own session, so Stop can signal the whole process group (Ray's workers included)
+            self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, start_new_session=True)
+        log.info("batch: started pid %d: %s", self.proc.pid, " ".join(self.command()))
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """Interrupt the run (SIGINT, as Ctrl-C), then SIGTERM and SIGKILL if it does not end in time."""
+        if not self.running:
+            return
+        self.stopped = True
+        proc = self.proc
+
+        def escalate() -> None:
+            for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    return
+                try:
+                    proc.wait(wait)
+                    return
+                except subprocess.TimeoutExpired:
+                    continue
+
+        threading.Thread(target=escalate, name="batch-stop", daemon=True).start()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(_ANSI.sub("", text).splitlines()[-lines:])
+
+    def poll(self) -> BatchStatus:
+        """Every job's state now, from what the run leaves in storage: done markers (written as each job
+        finishes) and the results Parquet (merged after each shard). Rows stamped before this run started
+        are earlier runs' work, which this run skips."""
+        from facepose.manifest import read_markers, read_results
+
+        code = self.proc.poll() if self.proc is not None else None
+        finished = self.proc is not None and code is not None
+        if finished and self.ended is None:
+            self.ended = time.time()
+        rows = {r["job_id"]: dict(r) for r in self.planned}
+        try:
+            results = read_results(self.results_uri)
+            markers = read_markers(self.out, list(rows))
+        except FaceposeError as e:  # a results file being replaced, an S3 blip: look again next time
+            log.warning("batch: cannot read progress yet: %s", e)
+            results, markers = {}, {}
+        for job_id in sorted(set(rows) | set(results)):
+            row = rows.setdefault(job_id, {"job_id": job_id, "status": "waiting"})
+            fresh = [r for r in (results.get(job_id), markers.get(job_id)) if r and str(r.get("finished_at") or "") >= self.started_iso]
+            if fresh:
+                row.update({c: fresh[0].get(c) for c in BATCH_COLUMNS})
+            elif results.get(job_id) or markers.get(job_id):
+                old = results.get(job_id) or markers.get(job_id)
+                if old.get("status") == "ok":
+                    row.update({c: old.get(c) for c in BATCH_COLUMNS}, status="skipped" if finished else "done before")
+            elif finished and row.get("status") == "waiting":
+                row["status"] = "not run"
+            for c in ("seconds", "render_s"):
+                if isinstance(row.get(c), float):
+                    row[c] = round(row[c], 2)
+        table = sorted(rows.values(), key=lambda r: str(r["job_id"]))
+        downloads = self._downloads() if finished and results else []
+        return BatchStatus(finished, code, table, self._message(finished, code, table), self.log_tail(), downloads)
+
+    def _message(self, finished: bool, code: Optional[int], rows: list[dict[str, Any]]) -> str:
+        elapsed = (self.ended or time.time()) - self.started
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.get("status") or "?"] = counts.get(r.get("status") or "?", 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        if not finished:
+            done = sum(1 for r in rows if r.get("status") in ("ok", "done before", "error", "skipped"))
+            last = next((ln for ln in reversed(self.log_tail(20).splitlines()) if ln.strip()), "starting")
+            last = re.sub(r"^\d\d:\d\d:\d\d\.\d+ \| \w+ +\| ", "", last.strip())[:160]
+            return (f"Batch running for {elapsed:.0f} s: {done} of {len(rows)} jobs finished. Output: `{self.out}`  \n"
+                    f"<small>{_html_escape(last)}</small>")
+        if self.stopped:
+            return f"Batch stopped after {elapsed:.0f} s ({summary}). Run it again to pick up where it stopped."
+        # render-batch exits 1 when some jobs failed, a finished run; it broke when jobs were left unrun
+        if code != 0 and (not rows or any(r.get("status") == "not run" for r in rows)):
+            last = next((ln for ln in reversed(self.log_tail(200).splitlines()) if ln.strip()), "no output")
+            return f"<span class='fp-warn'>⚠ render-batch failed (exit {code}) after {elapsed:.0f} s: {last.strip()}</span>"
+        return f"Batch finished in {elapsed:.0f} s: {summary}. Results: `{self.results_uri}`"
+
+    def _downloads(self) -> list[Path]:
+        """The results table as CSV and Parquet in the run's folder (from any storage)."""
+        from facepose import storage
+        from facepose.manifest import RESULT_SCHEMA, read_results, write_rows
+
+        parquet = self.folder / "results.parquet"
+        csv_path = self.folder / "results.csv"
+        if not csv_path.is_file():
+            parquet.write_bytes(storage.read_bytes(self.results_uri))
+            rows = list(read_results(self.results_uri).values())
+            write_rows(str(csv_path), rows, schema=RESULT_SCHEMA)
+        return [csv_path, parquet]
+
+
+def _html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=False)
+
+
+def start_batch(
+    manifest_file: Optional[str],
+    input_files: list[str],
+    manifest_uri: Optional[str],
+    out_prefix: Optional[str],
+    cfg: Any,
+    ws: Workspace,
+) -> BatchRun:
+    """Stage an uploaded manifest (or take ``manifest_uri``), check its rows, and start ``render-batch``
+    on it in its own process -> the running :class:`BatchRun`."""
+    from facepose.config import to_yaml
+    from facepose.manifest import manifest_dir, parse_render_rows, read_rows, results_uri
+
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    folder = ws.dir("batch") / run_id
+    uri = (manifest_uri or "").strip()
+    if manifest_file and uri:
+        raise InputError("give either an uploaded manifest or a manifest URI, not both")
+    if manifest_file:
+        manifest = str(stage_batch(manifest_file, input_files, folder / "inputs"))
+    elif uri:
+        if input_files:
+            raise InputError("input files go with an uploaded manifest; a manifest URI must name files already in storage")
+        manifest = uri
+    else:
+        raise InputError("no manifest; upload one (CSV, JSONL or Parquet) or give its URI")
+    app = app_config(cfg)
+    out = (out_prefix or "").strip() or (f"{app.batch_output_prefix.rstrip('/')}/{run_id}" if app.batch_output_prefix
+                                         else str(folder / "out"))
+    render = getattr(cfg, "render", None)
+    jobs, invalid = parse_render_rows(read_rows(manifest), out, base=manifest_dir(manifest),
+                                      backend=getattr(render, "backend", "warp"), seed=getattr(render, "seed", 0))
+    planned = [{"job_id": j.job_id, "status": "waiting", "output": j.output} for j in jobs]
+    planned += [{"job_id": r["job_id"], "status": "error", "error": r["error"]} for r in invalid]
+    folder.mkdir(parents=True, exist_ok=True)
+    config_file = folder / "config.yaml"
+    config_file.write_text(to_yaml(cfg))
+    run = BatchRun(manifest, out, folder, config_file, results_uri(out, cfg), planned)
+    return run.start()

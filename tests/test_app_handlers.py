@@ -1,0 +1,317 @@
+"""The web app's handlers without a browser: what each step of the page does with real inputs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facepose.app import handlers as h
+from facepose.app.config import AppConfig, app_config
+from facepose.config import load_config
+from facepose.errors import InputError, ModelNotFoundError, NoFaceError
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config()
+
+
+@pytest.fixture
+def ws(tmp_path) -> h.Workspace:
+    return h.Workspace(tmp_path / "ws")
+
+
+@pytest.fixture(scope="module")
+def coffee_png(tmp_path_factory) -> Path:
+    """A real photo with no face in it (skimage's cup of coffee)."""
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("noface") / "coffee.png"
+    Image.fromarray(data.coffee()).save(path)
+    return path
+
+
+# -- step 1 ---------------------------------------------------------------------------------------
+def test_reference_preview_is_the_face_crop_with_its_landmarks_drawn(astronaut_png, cfg):
+    from facepose.face.crop import crop_face
+    from facepose.media.image import read_image
+
+    view = h.inspect_reference(str(astronaut_png), cfg)
+    crop = crop_face(read_image(str(astronaut_png)), cfg.face)
+    assert view.preview.shape == crop.image.shape == (cfg.face.crop_size, cfg.face.crop_size, 3)
+    assert (view.width, view.height) == (512, 512)
+    assert "astronaut.png" in view.message
+    # every landmark has a green dot on it, and little else of the crop changed
+    for x, y in crop.landmarks.round().astype(int):
+        r, g, b = view.preview[y, x].astype(int)
+        assert g > 200 and g > r + 80 and g > b + 60, (x, y, (r, g, b))
+    changed = np.any(view.preview != crop.image, axis=2).mean()
+    assert 0.001 < changed < 0.1
+
+
+def test_reference_of_any_aspect_is_cropped_square(astronaut, tmp_path, cfg):
+    from PIL import Image
+
+    wide = np.full((400, 1100, 3), 90, np.uint8)
+    wide[:, 300:812] = astronaut[56:456]  # the face, off centre in a wide frame
+    path = tmp_path / "wide.jpg"
+    Image.fromarray(wide).save(path)
+    view = h.inspect_reference(str(path), cfg)
+    assert view.preview.shape[:2] == (cfg.face.crop_size, cfg.face.crop_size)
+    assert (view.width, view.height) == (1100, 400)
+
+
+def test_reference_without_a_face_names_the_photo(coffee_png, cfg):
+    with pytest.raises(NoFaceError, match="no face found in coffee.png"):
+        h.inspect_reference(str(coffee_png), cfg)
+
+
+def test_reference_that_is_not_an_image_says_so(tmp_path, cfg):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(InputError, match="notes.png: cannot read image"):
+        h.inspect_reference(str(bad), cfg)
+
+
+# -- step 2 ---------------------------------------------------------------------------------------
+def test_driver_for_each_source_and_what_is_missing():
+    assert h.driver_for("preset", preset="nod") == "preset:nod"
+    assert h.driver_for("video", video="/x/clip.mp4") == "/x/clip.mp4"
+    assert h.driver_for("audio", audio="/x/talk.wav") == "/x/talk.wav"
+    with pytest.raises(InputError, match="no preset chosen"):
+        h.driver_for("preset")
+    with pytest.raises(InputError, match="no driving video uploaded"):
+        h.driver_for("video")
+    with pytest.raises(InputError, match="no speech audio given"):
+        h.driver_for("audio")
+
+
+def test_every_preset_has_a_cached_playable_preview(ws):
+    from facepose.media.video import probe_video
+    from facepose.pose.presets import load_preset
+
+    names = [p.name for p in h.presets()]
+    assert len(names) >= 3
+    path = h.preset_preview(names[0], ws, size=128)
+    info = probe_video(str(path))
+    assert (info.width, info.height) == (128, 128)
+    assert info.frames == len(load_preset(names[0]))
+    mtime = path.stat().st_mtime_ns
+    assert h.preset_preview(names[0], ws, size=128) == path
+    assert path.stat().st_mtime_ns == mtime  # made once
+
+
+def test_source_length_is_the_driver_s_own(speech_wav):
+    import soundfile
+
+    p = h.presets()[0]
+    assert h.source_seconds(f"preset:{p.name}", "preset") == pytest.approx(p.seconds)
+    assert h.source_seconds(str(speech_wav), "audio") == pytest.approx(soundfile.info(str(speech_wav)).duration, abs=0.01)
+    assert "speech.wav" in h.describe_source(str(speech_wav), "audio")
+    with pytest.raises(InputError, match="unknown preset 'nope'"):
+        h.source_seconds("preset:nope", "preset")
+
+
+def test_duration_limit_applies_to_the_request_and_to_the_source(speech_wav):
+    app = AppConfig(max_seconds=2.0)
+    preset = f"preset:{h.presets()[0].name}"
+    assert h.check_seconds(1.5, preset, "preset", app) == 1.5
+    assert h.check_seconds(0, preset, "preset", AppConfig()) is None  # 0: the source's own length
+    with pytest.raises(InputError, match="over this app's limit of 2 s"):
+        h.check_seconds(3.0, preset, "preset", app)
+    with pytest.raises(InputError, match=r"speech.wav is .* s long, over this app's limit of 2 s"):
+        h.check_seconds(None, str(speech_wav), "audio", app)
+    with pytest.raises(InputError, match="must be positive"):
+        h.check_seconds(-1, preset, "preset", app)
+
+
+def test_pose_preview_needs_a_reference_first(ws, cfg):
+    with pytest.raises(InputError, match="upload one in step 1"):
+        h.make_pose_preview(None, f"preset:{h.presets()[0].name}", "preset", 1.0, cfg, ws)
+
+
+def test_pose_preview_from_speech_is_as_long_as_the_speech_and_carries_it(astronaut_png, speech_wav, ws, cfg):
+    import soundfile
+
+    from facepose.media.video import probe_video
+
+    pv = h.make_pose_preview(str(astronaut_png), str(speech_wav), "audio", None, cfg, ws)
+    seconds = soundfile.info(str(speech_wav)).duration
+    info = probe_video(str(pv.video))
+    assert info.has_audio
+    assert abs(info.duration - seconds) < 0.1
+    assert abs(pv.seconds - seconds) < 0.1
+    assert pv.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pose_preview_from_a_driving_video_follows_its_length(astronaut_png, tmp_path, ws, cfg):
+    from facepose.media.video import probe_video
+    from tests.synth import driving_video, write_driving_video
+
+    clip = write_driving_video(str(tmp_path / "drive.mp4"), driving_video(n_frames=36))
+    assert h.source_seconds(clip, "video") == pytest.approx(1.5, abs=0.05)
+    assert "drive.mp4" in h.describe_source(clip, "video")
+    pv = h.make_pose_preview(str(astronaut_png), clip, "video", None, cfg, ws)
+    assert pv.frames == 36
+    info = probe_video(str(pv.video))
+    assert info.frames == 36 and not info.has_audio
+
+
+# -- step 3 ---------------------------------------------------------------------------------------
+def test_missing_diffusion_checkpoint_is_reported_not_raised(cfg):
+    pool = h.RendererPool(cfg)
+    status = pool.status("diffusion")
+    assert not status.available
+    assert "checkpoint" in status.reason
+    with pytest.raises(ModelNotFoundError):
+        pool.get("diffusion")
+    assert pool.status("warp").available
+    assert pool.get("warp") is pool.get("warp")  # built once, reused
+
+
+def test_steps_reach_the_diffusion_renderer_without_reloading_it():
+    from facepose.render.diffusion.config import ModelConfig
+    from facepose.render.diffusion.renderer import DiffusionRenderer
+
+    pipeline = object()  # the loaded models, shared by the copy
+    renderer = DiffusionRenderer(pipeline, ModelConfig(steps=20))
+    fast = h.with_steps(renderer, 4)
+    assert fast.model.steps == 4 and renderer.model.steps == 20
+    assert fast.pipeline is pipeline
+    with pytest.raises(InputError, match="at least 1"):
+        h.with_steps(renderer, 0)
+
+
+def test_generate_a_two_second_preset_video(astronaut_png, ws, cfg):
+    from facepose.media.video import probe_video, read_frames
+
+    pool = h.RendererPool(cfg)
+    seen: list[tuple[int, int]] = []
+    preset = f"preset:{h.presets()[0].name}"
+    out = h.generate_video(str(astronaut_png), preset, "preset", 2.0, "warp", 0, cfg, ws, pool,
+                           progress=lambda i, n: seen.append((i, n)))
+    info = probe_video(str(out.video))
+    assert (info.width, info.height, round(info.fps)) == (512, 512, 24)
+    assert out.frames == 48 and info.frames == 48 and not info.has_audio
+    assert seen[-1] == (48, 48)
+    assert out.video.parent == ws.root / "renders"
+    frames = read_frames(str(out.video))
+    assert frames.std(axis=0).mean() > 0.5  # the face moves
+
+
+def test_generate_from_speech_is_as_long_as_the_audio_and_has_it(astronaut_png, speech_wav, ws, cfg):
+    import soundfile
+
+    from facepose.media.video import probe_video
+
+    out = h.generate_video(str(astronaut_png), str(speech_wav), "audio", None, "warp", 0, cfg, ws, h.RendererPool(cfg))
+    info = probe_video(str(out.video))
+    assert info.has_audio and out.audio
+    assert abs(info.duration - soundfile.info(str(speech_wav)).duration) < 0.1
+
+
+def test_generate_refuses_what_is_over_the_limit_before_rendering(astronaut_png, speech_wav, ws, cfg):
+    from dataclasses import dataclass, field
+
+    from facepose.config import Config
+
+    @dataclass
+    class WithApp(Config):  # Config with the app section the lead wires in
+        app: AppConfig = field(default_factory=lambda: AppConfig(max_seconds=1.0))
+
+    small = WithApp(storage=cfg.storage, face=cfg.face, pose=cfg.pose)
+    assert app_config(small).max_seconds == 1.0
+    with pytest.raises(InputError, match="over this app's limit of 1 s"):
+        h.generate_video(str(astronaut_png), str(speech_wav), "audio", None, "warp", 0, small, ws, h.RendererPool(cfg))
+    assert not list(ws.root.rglob("*.mp4"))
+
+
+def test_unexpected_errors_show_one_line_without_a_traceback():
+    msg = h.friendly_error(RuntimeError("boom\n  at line 3"))
+    assert msg == "unexpected RuntimeError: boom at line 3 (details are in the server log)"
+    assert h.friendly_error(NoFaceError("no face found in a.png; use a photo")) == "no face found in a.png; use a photo"
+
+
+# -- batch ----------------------------------------------------------------------------------------
+def test_staged_manifest_points_its_relative_paths_at_the_uploads(tmp_path, astronaut_png):
+    from facepose.manifest import read_rows
+
+    manifest = tmp_path / "jobs.csv"
+    manifest.write_text("job_id,reference,driver,seconds\n"
+                        "a,refs/astronaut.png,preset:nod,1\n"
+                        f"b,{astronaut_png},preset:nod,1\n")
+    staged = h.stage_batch(str(manifest), [str(astronaut_png)], tmp_path / "stage")
+    rows = read_rows(str(staged))
+    assert rows[0]["reference"] == "astronaut.png" and (staged.parent / "astronaut.png").is_file()
+    assert rows[1]["reference"] == str(astronaut_png)  # absolute paths stay
+    with pytest.raises(InputError, match=r"names refs/astronaut.png \(row 1, reference\).*not among the uploaded"):
+        h.stage_batch(str(manifest), [], tmp_path / "stage2")
+
+
+def test_batch_needs_a_manifest(ws, cfg):
+    with pytest.raises(InputError, match="no manifest"):
+        h.start_batch(None, [], "", "", cfg, ws)
+
+
+def test_workspace_prune_removes_only_old_files(ws):
+    old = ws.new("renders", ".mp4", "old")
+    new = ws.new("renders", ".mp4", "new")
+    old.write_bytes(b"x")
+    new.write_bytes(b"x")
+    past = time.time() - 3 * 24 * 3600
+    os.utime(old, (past, past))
+    assert ws.prune(older_than_s=24 * 3600) == 1
+    assert not old.exists() and new.exists()
+
+
+def test_stop_interrupts_the_batch_process(tmp_path):
+    import sys
+
+    run = h.BatchRun("jobs.csv", str(tmp_path / "out"), tmp_path / "run",
+                     planned=[{"job_id": "a", "status": "waiting", "output": str(tmp_path / "out" / "a.mp4")}])
+    # a stand-in child that waits like a long render (extra arguments are ignored by python -c)
+    run.PROGRAM = (sys.executable, "-c", "import time; print('rendering', flush=True); time.sleep(120)")
+    run.start()
+    deadline = time.time() + 20
+    while "rendering" not in run.log_tail() and time.time() < deadline:
+        time.sleep(0.05)
+    assert run.running and run.poll().message.startswith("Batch running for")
+    assert "rendering" in run.poll().message  # the latest output line is shown while it runs
+    run.stop(grace_s=5)
+    assert run.wait(timeout=20) != 0
+    st = run.poll()
+    assert st.finished and st.message.startswith("Batch stopped after")
+    assert st.rows == [{"job_id": "a", "status": "not run", "output": str(tmp_path / "out" / "a.mp4")}]
+    assert "rendering" in st.log_tail
+    assert st.table(str(tmp_path / "out"))[0][:3] == ["a", "not run", "a.mp4"]
+
+
+def test_launch_serves_the_app_with_its_limits_and_one_render_at_a_time(tmp_path, cfg):
+    import json
+    import urllib.request
+    from dataclasses import dataclass, field
+
+    from facepose.app import launch
+    from facepose.config import Config
+    from tests.conftest import free_port
+
+    @dataclass
+    class WithApp(Config):
+        app: AppConfig = field(default_factory=lambda: AppConfig(max_upload_mb=5, work_dir=str(tmp_path / "ws")))
+
+    demo = launch("127.0.0.1", free_port(), WithApp(storage=cfg.storage, face=cfg.face, pose=cfg.pose), block=False, quiet=True)
+    try:
+        page = json.load(urllib.request.urlopen(demo.local_url + "config", timeout=10))
+        assert page["title"] == "facepose"
+        assert page["max_file_size"] == 5 * 1024 * 1024
+        fns = {fn.name: fn for fn in demo.fns.values()}
+        assert fns["on_generate"].concurrency_id == "render" and fns["on_generate"].concurrency_limit == 1
+        assert fns["on_batch_run"].concurrency_limit == 1
+        assert (tmp_path / "ws").is_dir()
+    finally:
+        demo.close()
