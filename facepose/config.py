@@ -124,12 +124,35 @@ class RetargetConfig:
 
 
 @dataclass
+class ModelConfig:
+    """Run-time settings of the diffusion renderer (``model:`` section)."""
+
+    # A folder or s3:// prefix holding either a save_pretrained pipeline (model_index.json) or
+    # Moore-AnimateAnyone's pretrained_weights/ layout (see facepose.render.diffusion.checkpoint).
+    checkpoint: Optional[str] = None
+    arch: str = "sd15"  # configs/model/<arch>.yaml: sizes used to build the Moore layout's models
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (fp16 on cuda, fp32 on cpu) | fp32 | fp16 | bf16
+    steps: int = 20  # DDIM steps
+    guidance: float = 3.5  # classifier-free guidance scale (Moore-AnimateAnyone's default); <= 1 turns CFG off
+    attention: str = "sdpa"  # sdpa (torch scaled_dot_product_attention) | math (explicit softmax(QK^T)V)
+    compile: bool = False  # torch.compile the denoising UNet (first clip pays the compile time)
+    decode_chunk: int = 8  # frames per VAE decode call
+    # Moore layout: sub-folders of `checkpoint` (or absolute paths / URIs)
+    sd15_dir: str = "stable-diffusion-v1-5"  # only unet/config.json is read
+    vae_dir: str = "sd-vae-ft-mse"
+    image_encoder_dir: str = "image_encoder"
+    face_locator: Optional[str] = None  # a FaceLocator save_pretrained folder; none is released (zero-initialised)
+
+
+@dataclass
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
     retarget: RetargetConfig = field(default_factory=RetargetConfig)
     audio2pose: Audio2PoseConfig = field(default_factory=Audio2PoseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     app: AppConfig = field(default_factory=AppConfig)
 
 

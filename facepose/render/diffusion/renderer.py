@@ -1,0 +1,143 @@
+"""The ``diffusion`` renderer: crop the reference face, draw the pose, run :class:`FaceAnimationPipeline`
+clip by clip and yield frames one by one.
+
+Registered as ``diffusion`` in :mod:`facepose.render.base`; torch / diffusers are imported only when a
+renderer is built.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+import numpy as np
+
+from facepose.errors import InputError, ModelNotFoundError
+from facepose.pose.sequence import PoseSequence
+from facepose.render.base import ProgressFn, register_renderer
+from facepose.render.diffusion.config import ModelConfig, check_model_config
+
+if TYPE_CHECKING:
+    from facepose.render.diffusion.pipeline import FaceAnimationPipeline
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_HINT = (
+    "download Moore-AnimateAnyone's denoising_unet.pth, reference_unet.pth, pose_guider.pth and motion_module.pth "
+    "(huggingface.co/patrolli/AnimateAnyone) into one folder, and beside them stable-diffusion-v1-5/unet/config.json "
+    "(huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5), sd-vae-ft-mse/ (huggingface.co/stabilityai/sd-vae-ft-mse) "
+    "and image_encoder/ (the image_encoder folder of huggingface.co/lambdalabs/sd-image-variations-diffusers); "
+    "then set model.checkpoint=<that folder> (or a folder written by save_pipeline), or render with --backend warp"
+)
+
+
+class DiffusionRenderer:
+    """Renders with a loaded :class:`FaceAnimationPipeline` (built once, reused for many jobs)."""
+
+    name = "diffusion"
+
+    def __init__(self, pipeline: "FaceAnimationPipeline", model: Optional[ModelConfig] = None, face: Any = None,
+                 point_radius: float = 3.0):
+        from facepose.config import FaceConfig
+
+        self.pipeline = pipeline
+        self.model = model or ModelConfig()
+        self.face_cfg = face or FaceConfig()
+        self.point_radius = point_radius  # pose dot radius at 512 (config pose.point_radius), scaled to the output
+        self._face_detector: Any = None
+        self._predictor: Any = None
+
+    @property
+    def size(self) -> int:
+        """Side of the square rendered frames (the model's native size: 512 for sd15)."""
+        return self.pipeline.default_size[0]
+
+    def render(self, reference: np.ndarray, pose: PoseSequence, *, seed: int = 0,
+               progress: Optional[ProgressFn] = None, name: Optional[str] = None) -> Iterator[np.ndarray]:
+        """reference: (H, W, 3) uint8 RGB photo; pose: target landmarks on any canvas (letterboxed onto
+        the square output, as iter_pose_images draws it) -> yields len(pose) frames (S, S, 3) uint8,
+        clip by clip. Bad input raises here, before the first frame."""
+        if len(pose) == 0:
+            raise InputError(f"pose sequence{(' ' + pose.source) if pose.source else ''} has 0 frames; nothing to render")
+        if not isinstance(reference, np.ndarray) or reference.ndim != 3 or reference.shape[2] != 3:
+            got = getattr(reference, "shape", type(reference).__name__)
+            raise InputError(f"reference must be an (H, W, 3) RGB image, got {got}")
+        from facepose.face.crop import crop_face
+
+        crop = crop_face(reference, self.face_cfg, detector=self._detector(), predictor=self._predictor, name=name or "reference")
+        return self._frames(crop.image, pose, seed, progress)
+
+    def _frames(self, reference: np.ndarray, pose: PoseSequence, seed: int,
+                progress: Optional[ProgressFn]) -> Iterator[np.ndarray]:
+        import torch
+
+        from facepose.face.crop import face_mask
+        from facepose.pose.draw import iter_pose_images, letterbox
+
+        size = self.size
+        total = len(pose)
+        scale, dx, dy = letterbox(pose.width, pose.height, size)
+        target = pose.landmarks * np.float32(scale) + np.array([dx, dy], np.float32)  # (T, 68, 2) output pixels
+        target[~pose.visible] = np.nan  # frames where the face was lost stay out of the mask
+
+        def masks() -> Iterator[np.ndarray]:
+            start = 0
+            for length in self.pipeline.clip_lengths(total):  # EMO: the face region is the union over the clip
+                m = face_mask(target[start:start + length], size=(size, size), expand=self.face_cfg.mask_expand)
+                for _ in range(length):
+                    yield m
+                start += length
+
+        out = self.pipeline(
+            reference, iter_pose_images(pose, size=size, point_radius=self.point_radius), masks(), num_frames=total,
+            height=size, width=size, num_inference_steps=self.model.steps, guidance_scale=self.model.guidance,
+            generator=torch.Generator("cpu").manual_seed(int(seed)), decode_chunk_size=self.model.decode_chunk, stream=True,
+        )
+        for i, frame in enumerate(out.frames, 1):
+            if progress is not None:
+                progress(i, total)
+            yield frame
+
+    def _detector(self) -> Any:
+        if self._face_detector is None:
+            from facepose.face.detect import FaceDetector
+            from facepose.face.landmarks import get_landmark_model
+
+            self._face_detector = FaceDetector(self.face_cfg)
+            self._predictor = get_landmark_model(self.face_cfg)
+        return self._face_detector
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "fp32" if device == "cpu" else "fp16"
+    return dtype
+
+
+@register_renderer("diffusion")
+def build_diffusion_renderer(cfg: Any = None, *, model: Optional[ModelConfig] = None,
+                             pipeline: Optional["FaceAnimationPipeline"] = None, **_: Any) -> DiffusionRenderer:
+    """Load the checkpoint named by ``cfg.model`` (or ``model``) once; ``pipeline`` uses a built one as is.
+    No checkpoint configured -> :class:`ModelNotFoundError` saying what to download and where."""
+    model = model or getattr(cfg, "model", None) or ModelConfig()
+    check_model_config(model)
+    face = getattr(cfg, "face", None)
+    pose_cfg = getattr(cfg, "pose", None)
+    if pipeline is None:
+        if not model.checkpoint:
+            raise ModelNotFoundError(f"no diffusion checkpoint configured (model.checkpoint is empty); {DOWNLOAD_HINT}")
+        from facepose.render.diffusion.checkpoint import load_pipeline
+
+        device = resolve_device(model.device)
+        pipeline = load_pipeline(model.checkpoint, model=model)
+        pipeline.configure_runtime(device=device, dtype=resolve_dtype(model.dtype, device),
+                                   attention=model.attention, compile=model.compile)
+    return DiffusionRenderer(pipeline, model, face, point_radius=float(getattr(pose_cfg, "point_radius", 3)))
