@@ -146,6 +146,58 @@ class ModelConfig:
 
 
 @dataclass
+class CurateConfig:
+    """The per-video curation unit (facepose.curate) and its flow."""
+
+    fps: float = 24.0  # frames are decoded, tracked and written at this rate
+    clip_size: int = 512  # side of the square face crops written as clips
+    crop_margin: float = 0.6  # crop side = landmark box side * (1 + 2 * margin), held steady over a clip
+    shot_threshold: float = 0.35  # a cut where the colour-histogram distance (Bhattacharyya, 0..1) to the previous frame exceeds this
+    min_clip_s: float = 1.0  # shorter clips are dropped ("too_short")
+    max_clip_s: float = 10.0  # longer shots are split into clips of at most this length
+    min_face_px: float = 64.0  # median landmark-box side in source pixels below this: "face_too_small"
+    max_missing: float = 0.2  # share of frames without a face above this: "face_missing"
+    min_sharpness: float = 40.0  # median variance of the Laplacian of the face (at 128 px) below this: "too_blurry"
+    smooth: bool = True  # One Euro smoothing (face.smoothing) of the landmarks written to poses/
+    sample_rate: int = 16000  # audio is resampled to this before features
+    n_mels: int = 80  # log-mel bands per frame in audio/
+    crf: int = 18  # x264 quality of the clip mp4s
+    shard_size: int = 4  # videos per Prefect task
+    workers: int = 2  # Ray actors in the pool
+    num_cpus: float = 1.0  # per actor
+    num_gpus: float = 0.0  # per actor (0 on CPU; dlib runs on CPU either way)
+
+
+@dataclass
+class RenderConfig:
+    """Batch rendering (flows/render.py) and the defaults of manifest rows."""
+
+    backend: str = "warp"  # a manifest row's backend when it names none
+    seed: int = 0  # a row's seed when it names none
+    shard_size: int = 25  # jobs per Prefect task
+    workers: int = 2  # Ray actors in the pool
+    num_cpus: float = 1.0  # per actor
+    num_gpus: float = 0.0  # per actor: 1 (or a fraction to pack several on one card) for the diffusion backend
+    results: str = "results.parquet"  # results file, relative to the output prefix
+    manifests_prefix: Optional[str] = None  # scheduled runs render each new manifest under this prefix once
+    manifests_out: Optional[str] = None  # ... into this output prefix (default: <prefix>/../renders)
+    warp: WarpConfig = field(default_factory=WarpConfig)  # the warp renderer's settings
+
+
+@dataclass
+class BatchConfig:
+    """Where the Ray actors run. ``RAY_ADDRESS`` in the environment wins over ``ray_address``."""
+
+    ray_address: Optional[str] = None  # e.g. ray://head:10001 or auto; None starts a local Ray
+    num_cpus: Optional[int] = None  # CPUs of a local Ray (None: all cores)
+    num_gpus: Optional[int] = None  # GPUs of a local Ray (None: detected)
+    threads_per_actor: int = 1  # OpenCV/torch/decoder threads in each actor (one worker per core)
+    actor_restarts: int = 2  # Ray restarts an actor whose process dies (the row in flight fails alone)
+    poll_s: float = 0.02  # how often the pool's dispatcher checks for finished rows
+    forward_storage_env: bool = True  # pass MINIO_* from the flow's environment to the actors (off when workers have their own)
+
+
+@dataclass
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
@@ -153,6 +205,9 @@ class Config:
     retarget: RetargetConfig = field(default_factory=RetargetConfig)
     audio2pose: Audio2PoseConfig = field(default_factory=Audio2PoseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
     app: AppConfig = field(default_factory=AppConfig)
 
 

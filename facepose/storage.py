@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, TypeVar
 from urllib.parse import urlparse
@@ -381,6 +381,32 @@ def exists(uri: str | os.PathLike) -> bool:
             if e.code in {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}:
                 return False
             raise
+
+    return _retry(loc, stat)
+
+
+def fingerprint(uri: str | os.PathLike) -> Optional[str]:
+    """What identifies the bytes at ``uri`` without reading them: size and mtime locally, size and ETag
+    on S3; None when nothing is there. Transient S3 trouble raises StorageError(transient=True)."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        try:
+            st = os.stat(loc.path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"{loc.uri}: cannot stat ({e.strerror})") from None
+        return None if os.path.isdir(loc.path) else f"{st.st_size}:{st.st_mtime_ns}"
+    from minio.error import S3Error
+
+    def stat() -> Optional[str]:
+        try:
+            obj = client().stat_object(loc.bucket, loc.path)
+        except S3Error as e:
+            if e.code in {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound", "NoSuchBucket"}:
+                return None
+            raise
+        return f"{obj.size}:{(obj.etag or '').strip(chr(34))}"
 
     return _retry(loc, stat)
 

@@ -21,14 +21,14 @@ rigid points): the driver's face shape comes along, placed in the reference's bo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
 import numpy as np
 
 from facepose.errors import InputError
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
-from facepose.config import RetargetConfig
+from facepose.config import RetargetConfig  # noqa: F401  (defined with the other config sections; re-exported)
 
 Mode = Literal["relative", "absolute"]
 MODES = ("relative", "absolute")

@@ -1,0 +1,192 @@
+"""Orchestration benchmarks of the batch flows (numbers go to BENCHMARKS.md).
+
+1. Overhead: N one-second warp jobs (presets on the astronaut photo) through the render flow (Prefect
+   flow run, shards as tasks, Ray actor pool, done markers, results Parquet) against the same renders
+   in a plain loop (one process, renderer loaded once), both including each process's imports and model
+   load ("cold"; also shown against a warmed-up loop). Overhead at w workers = w * flow time / loop
+   time - 1: the worker-seconds the flow spends beyond the loop's (0 % = perfect).
+2. Scaling: flow time with 1 Ray worker / with 2 workers (2.0x = perfect on 2 cores).
+3. Curation: frames/s of the curation flow (2 workers) against the curation unit alone in a loop.
+
+    python bench/bench_orchestration.py                 # 100 jobs, 6 curation videos of 8 s
+    python bench/bench_orchestration.py --jobs 20 --videos 2 --video-seconds 2   # a quick look
+
+Ray starts once (2 CPUs) and Prefect's temporary server once, before any timing; each flow run
+still pays for starting its actors, which is part of the overhead measured. Outputs go to local disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("RAY_worker_niceness", "0")  # as tasks.pool's local Ray: actors at the loop's priority
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+PRESETS = ["nod", "smile", "head_shake", "idle", "tilt", "listen", "look_around", "surprise", "calm_talk", "lively_talk"]
+
+
+def write_manifest(path: Path, reference: Path, n: int) -> list[dict]:
+    from facepose import manifest as mf
+
+    rows = [{"job_id": f"job{i:04d}", "reference": str(reference), "driver": f"preset:{PRESETS[i % len(PRESETS)]}", "seconds": 1} for i in range(n)]
+    mf.write_rows(str(path), rows)
+    return rows
+
+
+def plain_loop(manifest: Path, out: Path, warm: bool) -> float:
+    """The same renders in one process, renderer loaded once. ``warm``: after one untimed job."""
+    import cv2
+
+    from facepose import manifest as mf
+    from facepose.batch_config import RunConfig
+    from facepose.render.base import get_renderer
+    from facepose.render.job import render_video
+
+    cv2.setNumThreads(1)  # as in the actors: one thread per worker
+    rows = mf.read_rows(str(manifest))
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cfg = RunConfig()
+    renderer = get_renderer("warp", cfg)
+    if warm:
+        render_video(rows[0]["reference"], rows[0]["driver"], str(out / "warmup.mp4"), seconds=1, cfg=cfg, renderer=renderer)
+        t0 = time.perf_counter()
+    for r in rows:
+        render_video(r["reference"], r["driver"], str(out / f"{r['job_id']}.mp4"), seconds=1, cfg=cfg, renderer=renderer)
+    return time.perf_counter() - t0
+
+
+def cold_loop(manifest: Path, out: Path) -> float:
+    """The plain loop as a user runs it: a fresh process (interpreter, imports, model load, renders)."""
+    import subprocess
+
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_orchestration as b; from pathlib import Path; b.plain_loop(Path({str(manifest)!r}), Path({str(out)!r}), False)"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return time.perf_counter() - t0
+
+
+def flow_run(manifest: Path, out: Path, workers: int, shard: int) -> tuple[float, dict]:
+    from flows.render import run_render_batch
+
+    t0 = time.perf_counter()
+    summary = run_render_batch(str(manifest), str(out), overrides=[f"render.workers={workers}", f"render.shard_size={shard}"])
+    wall = time.perf_counter() - t0
+    assert summary["ok"] + summary["skipped"] == summary["jobs"], summary["errors"][:3]
+    return wall, summary
+
+
+def curation_videos(d: Path, n: int, seconds: float) -> Path:
+    from make_examples import espeak, moving_face_frames
+    from skimage import data
+
+    from facepose import manifest as mf
+    from facepose.media.audio import load_audio
+    from facepose.media.video import write_video
+
+    face = data.astronaut()
+    speech = load_audio(espeak("Hello there, this is a benchmark of the curation flow.", d / "s.wav"), sr=16000)
+    rows = []
+    for i in range(n):
+        path = d / f"v{i}.mp4"
+        write_video(str(path), moving_face_frames(face, seconds, size=256), fps=24, audio=speech, sample_rate=16000, crf=23)
+        rows.append({"video_id": f"v{i}", "video": str(path)})
+    mf.write_rows(str(d / "curate.csv"), rows)
+    return d / "curate.csv"
+
+
+def curate_unit(manifest: Path, out: Path) -> tuple[float, int]:
+    import cv2
+
+    from facepose import manifest as mf
+    from facepose.batch_config import RunConfig
+    from facepose.curate import Curator
+
+    cv2.setNumThreads(1)
+    cur = Curator(RunConfig())
+    jobs, _ = mf.parse_curate_rows(mf.read_rows(str(manifest)))
+    cur(jobs[0], str(out / "warmup"))  # imports and first-call costs, untimed
+    t0 = time.perf_counter()
+    frames = sum(cur(job, str(out)).result["frames"] for job in jobs)
+    return time.perf_counter() - t0, frames
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=100, help="one-second warp jobs (default 100)")
+    p.add_argument("--shard", type=int, default=25, help="jobs per Prefect task")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each render configuration, interleaved; the fastest counts (for noisy machines)")
+    p.add_argument("--videos", type=int, default=6, help="curation videos")
+    p.add_argument("--video-seconds", type=float, default=8.0, help="length of each curation video")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    import ray
+    from PIL import Image
+    from skimage import data
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
+        d = Path(tmp)
+        ref = d / "astronaut.png"
+        Image.fromarray(data.astronaut()).save(ref)
+        manifest = d / "jobs.csv"
+        rows = write_manifest(manifest, ref, args.jobs)
+
+        write_manifest(d / "warm.csv", ref, 2)
+        flow_run(d / "warm.csv", d / "warm", 2, 1)  # Prefect's temporary server, imports: untimed
+
+        cold, warm, flow1, flow2 = [], [], [], []
+        for r in range(args.repeat):  # interleaved, so a burst of outside load hits every configuration
+            cold.append(cold_loop(manifest, d / f"cold{r}"))
+            flow1.append(flow_run(manifest, d / f"flow1-{r}", 1, args.shard)[0])
+            flow2.append(flow_run(manifest, d / f"flow2-{r}", 2, args.shard)[0])
+        loop_s = plain_loop(manifest, d / "loop", warm=True)
+        cold_s, flow1_s, flow2_s = min(cold), min(flow1), min(flow2)
+        rerun_s, s3 = flow_run(manifest, d / "flow2-0", 2, args.shard)  # everything done: planning only
+
+        (d / "videos").mkdir()
+        cm = curation_videos(d / "videos", args.videos, args.video_seconds)
+        unit_s, unit_frames = curate_unit(cm, d / "unit")
+        from flows.curate import run_curate
+
+        t0 = time.perf_counter()
+        cs = run_curate(str(cm), str(d / "dataset"), overrides=["curate.workers=2", "curate.shard_size=2"])
+        cflow_s = time.perf_counter() - t0
+    ray.shutdown()
+
+    video_s = args.jobs * 1.0
+    print(f"## Orchestration ({args.jobs} one-second warp jobs, shards of {args.shard}, 2 CPUs, local disk, best of {args.repeat})\n")
+    print("| run | wall s | jobs/s | overhead vs cold loop | vs warm loop |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| plain loop, fresh process (imports, model load, renders) | {cold_s:.1f} | {args.jobs / cold_s:.2f} | - | - |")
+    print(f"| plain loop, warm (renders only) | {loop_s:.1f} | {args.jobs / loop_s:.2f} | - | - |")
+    print(f"| flow, 1 Ray worker | {flow1_s:.1f} | {args.jobs / flow1_s:.2f} | {flow1_s / cold_s - 1:+.1%} | {flow1_s / loop_s - 1:+.1%} |")
+    print(f"| flow, 2 Ray workers (x2 worker-seconds) | {flow2_s:.1f} | {args.jobs / flow2_s:.2f} | {2 * flow2_s / cold_s - 1:+.1%} | {2 * flow2_s / loop_s - 1:+.1%} |")
+    print(f"| rerun, all done (skips {s3['skipped']}) | {rerun_s:.1f} | - | - |")
+    print(f"\nScaling 1 -> 2 workers: {flow1_s / flow2_s:.2f}x; 2 workers vs the cold loop: {cold_s / flow2_s:.2f}x; "
+          f"video rendered: {video_s:.0f} s in {flow2_s:.1f} s wall (2 workers).\n")
+    print(f"## Curation ({args.videos} videos x {args.video_seconds:g} s at 24 fps, 256x256, speech audio)\n")
+    print("| run | frames | wall s | frames/s |")
+    print("|---|---:|---:|---:|")
+    print(f"| unit alone, 1 process | {unit_frames} | {unit_s:.1f} | {unit_frames / unit_s:.1f} |")
+    print(f"| flow, 2 Ray workers (wall incl. planning, actor start) | {cs['frames']} | {cflow_s:.1f} | {cs['frames'] / cflow_s:.1f} |")
+    print(f"| flow, 2 Ray workers (its transform stage) | {cs['frames']} | {cs['work_s']:.1f} | {cs['frames_per_s']:.1f} |")
+    print(f"\nPer worker inside the flow: {cs['frames_per_worker_s']:.1f} frames/s (the unit alone: {unit_frames / unit_s:.1f}).")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

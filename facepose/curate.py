@@ -1,0 +1,600 @@
+"""The per-video curation unit: one video (or a time range of one) -> face clips, poses and audio
+features in the curated-dataset layout (DESIGN.md, "Data contracts").
+
+Per video:
+
+1. **Scan** (one decode at ``curate.fps``): a colour-histogram difference between consecutive frames
+   marks shot cuts; the face tracker follows the face (reset at each cut) and, per frame, the landmark
+   box side (face size) and the sharpness of the face (variance of the Laplacian of the face region
+   resized to 128 px, so it does not grow with resolution) are recorded.
+2. **Clips**: each shot is cut into clips of at most ``curate.max_clip_s``; a clip is dropped, with the
+   reason recorded, when it is ``too_short``, has the face missing in too many frames
+   (``face_missing``), a face too small (``face_too_small``) or too blurry (``too_blurry``).
+3. **Write** (a second decode, so memory stays flat): each kept clip as a ``clip_size`` square face crop
+   held steady over the clip (``facepose.face.crop.crop_box``), H.264 at ``curate.fps`` with its audio;
+   its landmarks in crop pixels with per-frame Face Locator boxes; per-frame audio features (log-mel
+   bands and RMS over each frame's 1/fps window, zeros and ``has_audio=false`` without audio).
+
+Outputs under the prefix ``out``::
+
+    clips/<video_id>/<clip_id>.mp4
+    poses/<video_id>.parquet     frame rows: PoseSequence columns + clip_id, bbox (Face Locator box)
+    audio/<video_id>.parquet     frame rows: clip_id, frame, mel[n_mels], rms, has_audio
+    index/<video_id>.parquet     one row per clip, kept or dropped (INDEX_SCHEMA)
+    _done/<video_id>.json        the video's result row, written last
+
+A shard file holds one video: the video is the unit of resume, so a rerun redoes whole videos only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from facepose import storage
+from facepose.batch_config import RunConfig, as_run_config
+from facepose.errors import FaceposeError, InputError, MediaError
+from facepose.manifest import CurateJob, curate_result, digest, error_result, fingerprint
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
+
+REASONS = ("too_short", "face_missing", "face_too_small", "too_blurry")
+HIST_SIZE = 64  # frames are compared at this size
+SHARPNESS_SIZE = 128  # the face region is resized to this before the Laplacian
+
+#: index/<video_id>.parquet: one row per clip.
+INDEX_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("clip_id", pa.string()),
+        ("status", pa.string()),  # ok | dropped
+        ("reason", pa.string()),  # why it was dropped (REASONS), null when kept
+        ("start_frame", pa.int64()),  # in the decoded range at curate.fps
+        ("end_frame", pa.int64()),  # exclusive
+        ("start_s", pa.float64()),  # seconds in the source video
+        ("end_s", pa.float64()),
+        ("frames", pa.int64()),
+        ("missing", pa.float64()),  # share of frames without a face
+        ("face_px", pa.float64()),  # median landmark-box side in source pixels
+        ("sharpness", pa.float64()),  # median variance of the Laplacian of the face at 128 px
+        ("clip", pa.string()),  # URI of the clip mp4, null when dropped
+        ("crop_box", pa.list_(pa.float32(), 3)),  # (cx, cy, side) in source pixels
+        ("locator_box", pa.list_(pa.float32(), 4)),  # union Face Locator box over the clip, crop pixels
+        ("has_audio", pa.bool_()),
+    ]
+)
+
+
+@dataclass
+class CurateOutcome:
+    """What :func:`curate_video` did: the video's result row and one index row per clip."""
+
+    result: dict[str, Any]
+    clips: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- paths ----------------------------------------------------------------------------------------
+def clip_uri(out: str, video_id: str, clip_id: str) -> str:
+    return storage.join(out, "clips", video_id, f"{clip_id}.mp4")
+
+
+def shard_uri(out: str, kind: str, video_id: str) -> str:
+    """``kind``: poses | audio | index."""
+    return storage.join(out, kind, f"{video_id}.parquet")
+
+
+def marker_uri(out: str, video_id: str) -> str:
+    return storage.join(out, "_done", f"{video_id}.json")
+
+
+# -- per-frame measures ---------------------------------------------------------------------------
+def colour_hist(frame: np.ndarray) -> np.ndarray:
+    """frame: (H, W, 3) uint8 RGB -> normalised 8x8x8 HSV histogram (512,) float32."""
+    small = cv2.resize(frame, (HIST_SIZE, HIST_SIZE), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+    h = cv2.calcHist([hsv], [0, 1, 2], None, [8, 8, 8], [0, 180, 0, 256, 0, 256]).reshape(-1)
+    return (h / max(float(h.sum()), 1.0)).astype(np.float32)
+
+
+def hist_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Bhattacharyya distance of two normalised histograms: 0 same colours, 1 disjoint."""
+    return float(cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA))
+
+
+def face_sharpness(frame: np.ndarray, landmarks: np.ndarray) -> float:
+    """Variance of the Laplacian of the face region (landmark box, resized to 128 px, grey)."""
+    h, w = frame.shape[:2]
+    x0, y0 = np.floor(landmarks.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(landmarks.max(axis=0)).astype(int)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return 0.0
+    grey = cv2.cvtColor(frame[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY)
+    grey = cv2.resize(grey, (SHARPNESS_SIZE, SHARPNESS_SIZE), interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def face_size(landmarks: np.ndarray) -> float:
+    """(68, 2) -> side of the landmark bounding box (the larger of width and height)."""
+    span = landmarks.max(axis=0) - landmarks.min(axis=0)
+    return float(span.max())
+
+
+@dataclass
+class Scan:
+    """What the first pass found, per frame at ``fps``: landmarks (T, 68, 2) (zeros where lost),
+    ``seen`` (T,), ``size`` and ``sharpness`` (T,) (NaN where lost), and the shot starts."""
+
+    landmarks: np.ndarray
+    seen: np.ndarray
+    size: np.ndarray
+    sharpness: np.ndarray
+    cuts: list[int]
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+
+def scan_frames(chunks: Iterator[np.ndarray], tracker: Any, shot_threshold: float, progress: Optional[ProgressFn] = None, total: int = 0) -> Scan:
+    """chunks: (n, H, W, 3) uint8 frame chunks -> :class:`Scan`. ``tracker``: a FaceTracker (reset at cuts)."""
+    lms: list[Optional[np.ndarray]] = []
+    sizes: list[float] = []
+    sharp: list[float] = []
+    cuts = [0]
+    prev_hist = None
+    width = height = 0
+    tracker.reset()
+    for chunk in chunks:
+        height, width = chunk.shape[1:3]
+        for frame in chunk:
+            hist = colour_hist(frame)
+            if prev_hist is not None and hist_distance(prev_hist, hist) > shot_threshold:
+                cuts.append(len(lms))
+                tracker.reset()  # a new shot: find the face afresh, never carry a box across a cut
+            prev_hist = hist
+            lm = tracker.update(frame)
+            lms.append(lm)
+            sizes.append(face_size(lm) if lm is not None else math.nan)
+            sharp.append(face_sharpness(frame, lm) if lm is not None else math.nan)
+        if progress is not None:
+            progress(len(lms), max(total, len(lms)))
+    seen = np.array([lm is not None for lm in lms], dtype=bool)
+    landmarks = np.zeros((len(lms), 68, 2), np.float32)
+    if seen.any():
+        landmarks[seen] = np.stack([lm for lm in lms if lm is not None])
+    return Scan(landmarks, seen, np.array(sizes, np.float64), np.array(sharp, np.float64), cuts, int(width), int(height))
+
+
+# -- clips ----------------------------------------------------------------------------------------
+@dataclass
+class Clip:
+    clip_id: str
+    start: int  # frame index in the scan (inclusive)
+    end: int  # exclusive
+    reason: Optional[str] = None  # None: kept
+    missing: float = 0.0
+    face_px: float = math.nan
+    sharpness: float = math.nan
+
+    @property
+    def frames(self) -> int:
+        return self.end - self.start
+
+
+def split_clips(scan: Scan, video_id: str, fps: float, max_clip_s: float) -> list[Clip]:
+    """Shots (between cuts) cut into clips of at most ``max_clip_s``, of nearly equal length."""
+    bounds = scan.cuts + [len(scan)]
+    max_len = max(1, int(round(max_clip_s * fps)))
+    clips: list[Clip] = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        parts = max(1, math.ceil((b - a) / max_len))
+        edges = np.linspace(a, b, parts + 1).round().astype(int)
+        for s, e in zip(edges[:-1], edges[1:]):
+            if e > s:
+                clips.append(Clip(clip_id=f"{video_id}_{len(clips):04d}", start=int(s), end=int(e)))
+    return clips
+
+
+def judge(clip: Clip, scan: Scan, cfg: Any, fps: float) -> Clip:
+    """Fill in the clip's quality figures and the reason it is dropped, if any (first failing check)."""
+    seen = scan.seen[clip.start : clip.end]
+    clip.missing = float(1.0 - seen.mean()) if len(seen) else 1.0
+    if seen.any():
+        clip.face_px = float(np.median(scan.size[clip.start : clip.end][seen]))
+        clip.sharpness = float(np.median(scan.sharpness[clip.start : clip.end][seen]))
+    if clip.frames < cfg.min_clip_s * fps - 1e-6:
+        clip.reason = "too_short"
+    elif clip.missing > cfg.max_missing:
+        clip.reason = "face_missing"
+    elif clip.face_px < cfg.min_face_px:
+        clip.reason = "face_too_small"
+    elif clip.sharpness < cfg.min_sharpness:
+        clip.reason = "too_blurry"
+    return clip
+
+
+def fill_gaps(landmarks: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """(T, 68, 2) with lost frames -> lost frames linearly interpolated from their seen neighbours
+    (held at the ends)."""
+    out = landmarks.astype(np.float32, copy=True)
+    if seen.all() or not seen.any():
+        return out
+    t = np.arange(len(seen))
+    flat = out.reshape(len(seen), -1)
+    for j in range(flat.shape[1]):
+        flat[~seen, j] = np.interp(t[~seen], t[seen], flat[seen, j])
+    return flat.reshape(out.shape)
+
+
+def locator_boxes(landmarks: np.ndarray, expand: float, size: int) -> np.ndarray:
+    """(T, 68, 2) in crop pixels -> (T, 4) Face Locator boxes (x0, y0, x1, y1): the landmark box scaled
+    by ``expand`` about its centre (EMO), clipped to the crop."""
+    lo, hi = landmarks.min(axis=1), landmarks.max(axis=1)
+    c, half = (lo + hi) / 2, (hi - lo) / 2 * expand
+    return np.clip(np.concatenate([c - half, c + half], axis=1), 0, size).astype(np.float32)
+
+
+# -- audio features -------------------------------------------------------------------------------
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
+    f = np.asarray(f, np.float64)
+    return np.where(f < 1000.0, f * 3.0 / 200.0, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0))
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, np.float64)
+    return np.where(m < 15.0, m * 200.0 / 3.0, 1000.0 * np.exp((m - 15.0) * np.log(6.4) / 27.0))
+
+
+def mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters on Slaney's mel scale with Slaney area
+    normalisation, 0 Hz to sr / 2: the same matrix as ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)``."""
+    freqs = np.linspace(0.0, sr / 2.0, n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sr / 2.0), n_mels + 2))
+    lower = (freqs[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
+    upper = (edges[2:, None] - freqs[None, :]) / np.diff(edges)[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
+
+
+def log_mel(y: np.ndarray, sr: int, n_mels: int) -> tuple[np.ndarray, int]:
+    """y: (N,) float32 -> (log-mel (M, n_mels) natural log of power, hop): 25 ms Hann windows every
+    10 ms, centred (zero padding), as ``librosa.feature.melspectrogram(center=True)``. Plain numpy, so
+    curation workers start without librosa's seconds of imports."""
+    n_fft, hop = int(sr * 0.025), sr // 100
+    padded = np.pad(y.astype(np.float32), n_fft // 2)
+    count = 1 + (len(padded) - n_fft) // hop
+    frames = np.lib.stride_tricks.as_strided(padded, (count, n_fft), (padded.strides[0] * hop, padded.strides[0]))
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
+    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2  # (M, n_fft // 2 + 1)
+    mel = power @ mel_filterbank(sr, n_fft, n_mels).T
+    return np.log(mel + 1e-6).astype(np.float32), hop
+
+
+def audio_features(audio: Optional[np.ndarray], frames: int, fps: float, sr: int, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
+    """audio: (N,) float32 mono at ``sr`` (or None) -> (mel (frames, n_mels) log-mel, rms (frames,)),
+    frame i summarising the samples of [i/fps, (i+1)/fps). Without audio both are zeros."""
+    mel_out = np.zeros((frames, n_mels), np.float32)
+    rms_out = np.zeros(frames, np.float32)
+    if audio is None or len(audio) == 0 or frames == 0:
+        return mel_out, rms_out
+    need = int(math.ceil(frames * sr / fps))
+    y = np.zeros(need, np.float32)
+    y[: min(need, len(audio))] = audio[:need]
+    logmel, hop = log_mel(y, sr, n_mels)  # (M, n_mels), hop m centred at m * hop / sr
+    centres = np.arange(len(logmel)) * hop / sr
+    idx = np.minimum((centres * fps).astype(int), frames - 1)  # the video frame each hop falls in
+    counts = np.bincount(idx, minlength=frames).astype(np.float32)
+    sums = np.zeros((frames, n_mels), np.float64)
+    np.add.at(sums, idx, logmel)
+    mel_out = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    edges = np.round(np.arange(frames + 1) * sr / fps).astype(int)
+    sq = np.concatenate([[0.0], np.cumsum(y.astype(np.float64) ** 2)])
+    rms_out = np.sqrt((sq[edges[1:]] - sq[edges[:-1]]) / np.maximum(edges[1:] - edges[:-1], 1)).astype(np.float32)
+    return mel_out, rms_out
+
+
+def _fixed(values: np.ndarray) -> pa.FixedSizeListArray:
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+def _write_table(uri: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_bytes(uri, buf.getvalue())
+
+
+# -- the unit -------------------------------------------------------------------------------------
+def input_digest(job: CurateJob, cfg: Any) -> Optional[str]:
+    """Hash of a video's inputs (video and audio fingerprints, time range) and of the settings that shape
+    its outputs; None when the video does not exist. A rerun redoes a video whose digest changed."""
+    cfg = as_run_config(cfg)
+    video_fp = fingerprint(job.video)
+    if video_fp is None:
+        return None
+    audio_fp = fingerprint(job.audio) if job.audio else None
+    c = asdict(cfg.curate)
+    settings = {k: c[k] for k in ("fps", "clip_size", "crop_margin", "shot_threshold", "min_clip_s", "max_clip_s", "min_face_px",
+                                   "max_missing", "min_sharpness", "smooth", "sample_rate", "n_mels", "crf")}
+    return digest({"video": job.video, "video_fp": video_fp, "audio": job.audio, "audio_fp": audio_fp, "start": job.start,
+                   "end": job.end, "curate": settings, "face": asdict(cfg.face)})
+
+
+class Curator:
+    """Curates videos one by one; the face models load once, in ``__init__`` (a Ray actor keeps one).
+
+    cfg: a :class:`RunConfig` (``curate`` and ``face`` sections are used)."""
+
+    def __init__(self, cfg: Any = None):
+        from facepose.face.track import FaceTracker
+
+        self.cfg: RunConfig = as_run_config(cfg)
+        self.tracker = FaceTracker(self.cfg.face, fps=self.cfg.curate.fps)
+        self.tracker.detector.detect(np.zeros((64, 64, 3), np.uint8))  # loads the detector now, not on the first video
+        import facepose.media.audio  # noqa: F401 - imports paid here rather than by the first video
+        import facepose.media.video  # noqa: F401
+
+    def input_digest(self, job: CurateJob) -> Optional[str]:
+        return input_digest(job, self.cfg)
+
+    def __call__(self, job: CurateJob, out: str, progress: Optional[ProgressFn] = None) -> CurateOutcome:
+        """Curate one video into ``out``; never raises: a failure is an ``error`` result row."""
+        t0 = time.perf_counter()
+        try:
+            return self._curate(job, out, progress, t0)
+        except Exception as exc:  # noqa: BLE001 - one bad video must not take the shard down
+            if not isinstance(exc, FaceposeError):
+                log.exception("video %s: unexpected error", job.video_id)
+            row = error_result(job.video_id, exc)
+            result = curate_result(job.video_id, "error", error=row["error"], error_kind=row["error_kind"], transient=row["transient"],
+                                   elapsed_s=time.perf_counter() - t0, input_digest=job.input_digest or None)
+            log.warning("video %s: %s", job.video_id, result["error"])
+            return CurateOutcome(result)
+
+    def _curate(self, job: CurateJob, out: str, progress: Optional[ProgressFn], t0: float) -> CurateOutcome:
+        from facepose.media.video import iter_frames, probe_video
+
+        c, fps = self.cfg.curate, float(self.cfg.curate.fps)
+        if not job.input_digest:
+            job.input_digest = self.input_digest(job) or ""
+            if not job.input_digest:
+                raise InputError(f"video {job.video} does not exist; check the manifest's video column")
+        storage.delete(marker_uri(out, job.video_id))  # a marker vouches for the files: not while they change
+        info = probe_video(job.video)
+        if job.start is not None and job.start >= info.duration:
+            raise InputError(f"video {job.video_id}: start {job.start}s is past the end of {job.video} ({info.duration:.2f}s)")
+        t_start = job.start or 0.0
+        total = info.frames_at(fps) if job.start is None and job.end is None else int(round((min(job.end or info.duration, info.duration) - t_start) * fps))
+
+        # 1. Scan: cuts, face track, size and sharpness per frame
+        chunks = iter_frames(job.video, fps=fps, start_s=job.start, end_s=job.end)
+        scan = scan_frames(chunks, self.tracker, c.shot_threshold, progress, total)
+        if len(scan) == 0:
+            raise MediaError(f"{job.video}: no frames in the range {job.start or 0}-{job.end or 'end'} s")
+
+        # 2. Clips and quality filters
+        clips = [judge(clip, scan, c, fps) for clip in split_clips(scan, job.video_id, fps, c.max_clip_s)]
+        kept = [clip for clip in clips if clip.reason is None]
+        audio = self._audio(job, info.has_audio, t_start, len(scan) / fps)
+        mel, rms = audio_features(audio, len(scan), fps, c.sample_rate, c.n_mels)
+
+        # 3. Write clips, poses, audio features, index; the done marker last
+        for stale in storage.listdir(storage.join(out, "clips", job.video_id)):
+            storage.delete(stale)  # clips of an earlier run with other settings
+        crops = {clip.clip_id: self._crop_plan(clip, scan) for clip in kept}
+        if kept:
+            self._write_clips(job, out, kept, crops, audio, fps, len(scan))
+            self._write_poses(job, out, kept, crops, fps)
+            self._write_audio(job, out, kept, mel, rms, audio is not None, fps)
+        else:
+            for kind in ("poses", "audio"):
+                storage.delete(shard_uri(out, kind, job.video_id))
+        rows = [self._index_row(job, out, clip, crops.get(clip.clip_id), t_start, fps, audio is not None) for clip in clips]
+        _write_table(shard_uri(out, "index", job.video_id), pa.Table.from_pylist(rows, schema=INDEX_SCHEMA))
+        dropped: dict[str, int] = {}
+        for clip in clips:
+            if clip.reason:
+                dropped[clip.reason] = dropped.get(clip.reason, 0) + 1
+        result = curate_result(job.video_id, "ok", clips=len(clips), kept=len(kept), dropped=dropped, frames=len(scan),
+                               elapsed_s=time.perf_counter() - t0, input_digest=job.input_digest)
+        storage.write_text(marker_uri(out, job.video_id), json.dumps(result))
+        log.info("video %s: %d frames, %d clips kept, dropped %s (%.1f frames/s)", job.video_id, len(scan), len(kept), dropped or "none",
+                 len(scan) / max(result["elapsed_s"], 1e-9))
+        return CurateOutcome(result, rows)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _audio(self, job: CurateJob, has_audio: bool, t_start: float, seconds: float) -> Optional[np.ndarray]:
+        from facepose.media.audio import load_audio
+
+        sr = self.cfg.curate.sample_rate
+        if job.audio:  # named in the manifest: failing to read it is the row's error
+            return load_audio(job.audio, sr=sr, start_s=t_start, end_s=t_start + seconds)
+        if not has_audio:
+            return None
+        try:
+            return load_audio(job.video, sr=sr, start_s=t_start, end_s=t_start + seconds)
+        except MediaError as e:
+            log.warning("video %s: audio track unreadable, features are zeros (%s)", job.video_id, e)
+            return None
+
+    def _crop_plan(self, clip: Clip, scan: Scan) -> dict[str, Any]:
+        """The clip's steady crop box, its landmarks in crop pixels and per-frame Face Locator boxes."""
+        from facepose.face.crop import crop_box, to_crop
+        from facepose.pose.smooth import smooth_landmarks
+
+        c = self.cfg.curate
+        seen = scan.seen[clip.start : clip.end]
+        lm = fill_gaps(scan.landmarks[clip.start : clip.end], seen)
+        if c.smooth:
+            lm = smooth_landmarks(lm, c.fps, self.cfg.face.smoothing, visible=np.ones(len(lm), bool))
+        box = tuple(float(v) for v in crop_box(lm, (scan.width, scan.height), c.crop_margin))
+        crop_lm = to_crop(lm, box, c.clip_size)
+        return {"box": box, "landmarks": crop_lm, "seen": seen, "locator": locator_boxes(crop_lm, self.cfg.face.mask_expand, c.clip_size)}
+
+    def _write_clips(self, job: CurateJob, out: str, kept: list[Clip], crops: dict, audio: Optional[np.ndarray], fps: float, n: int) -> None:
+        from facepose.face.crop import crop_image
+        from facepose.media.video import VideoWriter, iter_frames
+
+        c = self.cfg.curate
+        size = c.clip_size
+        pending = iter(kept)
+        clip = next(pending, None)
+        writer: Optional[VideoWriter] = None
+        i = 0
+        try:
+            for chunk in iter_frames(job.video, fps=fps, start_s=job.start, end_s=job.end):
+                for frame in chunk:
+                    if clip is not None and i == clip.start:
+                        seg = None if audio is None else audio[int(round(clip.start * c.sample_rate / fps)) : int(round(clip.end * c.sample_rate / fps))]
+                        writer = VideoWriter(clip_uri(out, job.video_id, clip.clip_id), fps=fps, audio=seg, sample_rate=c.sample_rate, crf=c.crf)
+                        writer.__enter__()
+                    if writer is not None:
+                        writer.write(crop_image(frame, crops[clip.clip_id]["box"], size))
+                    i += 1
+                    if writer is not None and clip is not None and i == clip.end:
+                        w, writer = writer, None
+                        w.close()
+                        clip = next(pending, None)
+        except BaseException as exc:
+            if writer is not None:
+                writer.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        if writer is not None or clip is not None:
+            raise MediaError(f"{job.video}: the second decode gave {i} frames, the first {n}; the file may be damaged")
+
+    def _write_poses(self, job: CurateJob, out: str, kept: list[Clip], crops: dict, fps: float) -> None:
+        from facepose.pose.sequence import PoseSequence
+
+        size = self.cfg.curate.clip_size
+        tables = []
+        for clip in kept:
+            p = crops[clip.clip_id]
+            scores = np.repeat(p["seen"].astype(np.float32)[:, None], 68, axis=1)
+            pose = PoseSequence(landmarks=p["landmarks"], scores=scores, fps=fps, width=size, height=size, source=f"{job.video}#{clip.clip_id}")
+            tables.append(pose.to_table(extra={"clip_id": [clip.clip_id] * clip.frames, "bbox": p["locator"]}))
+        _write_table(shard_uri(out, "poses", job.video_id), pa.concat_tables(tables))
+
+    def _write_audio(self, job: CurateJob, out: str, kept: list[Clip], mel: np.ndarray, rms: np.ndarray, has_audio: bool, fps: float) -> None:
+        c = self.cfg.curate
+        parts = []
+        for clip in kept:
+            n = clip.frames
+            parts.append(pa.table({
+                "clip_id": pa.array([clip.clip_id] * n),
+                "frame": pa.array(np.arange(n, dtype=np.int32)),
+                "mel": _fixed(mel[clip.start : clip.end]),
+                "rms": pa.array(rms[clip.start : clip.end]),
+                "has_audio": pa.array(np.full(n, has_audio)),
+            }))
+        meta = {"facepose.fps": repr(fps), "facepose.sample_rate": str(c.sample_rate), "facepose.n_mels": str(c.n_mels),
+                "facepose.features": f"log-mel (n_fft={int(c.sample_rate * 0.025)}, hop={c.sample_rate // 100}, natural log) mean over each frame; rms over each frame"}
+        _write_table(shard_uri(out, "audio", job.video_id), pa.concat_tables(parts).replace_schema_metadata(meta))
+
+    def _index_row(self, job: CurateJob, out: str, clip: Clip, crop: Optional[dict], t_start: float, fps: float, has_audio: bool) -> dict[str, Any]:
+        locator = None
+        if crop is not None:
+            b = crop["locator"]
+            locator = [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())]
+        return {
+            "video_id": job.video_id, "clip_id": clip.clip_id, "status": "dropped" if clip.reason else "ok", "reason": clip.reason,
+            "start_frame": clip.start, "end_frame": clip.end, "start_s": t_start + clip.start / fps, "end_s": t_start + clip.end / fps,
+            "frames": clip.frames, "missing": clip.missing, "face_px": None if math.isnan(clip.face_px) else clip.face_px,
+            "sharpness": None if math.isnan(clip.sharpness) else clip.sharpness,
+            "clip": clip_uri(out, job.video_id, clip.clip_id) if crop is not None else None,
+            "crop_box": list(crop["box"]) if crop is not None else None, "locator_box": locator, "has_audio": has_audio,
+        }
+
+
+def curate_video(job: CurateJob, out: str, cfg: Any = None, curator: Optional[Curator] = None, progress: Optional[ProgressFn] = None) -> CurateOutcome:
+    """Curate one video (a :class:`CurateJob`) into the dataset under ``out``; see the module docstring.
+    ``curator`` reuses loaded face models. Never raises: failures are ``error`` result rows."""
+    return (curator or Curator(cfg))(job, out, progress)
+
+
+def read_marker(out: str, video_id: str) -> Optional[dict[str, Any]]:
+    """The done marker of a video, or None."""
+    uri = marker_uri(out, video_id)
+    if not storage.exists(uri):
+        return None
+    try:
+        return json.loads(storage.read_text(uri))
+    except json.JSONDecodeError:
+        return None
+
+
+# -- planning a run ---------------------------------------------------------------------------------
+@dataclass
+class CuratePlan:
+    """``todo`` videos to curate; ``done`` result rows of videos whose done marker matches their inputs;
+    ``failed`` result rows of bad manifest rows and missing videos."""
+
+    todo: list[CurateJob]
+    done: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+
+    @property
+    def total(self) -> int:
+        return len(self.todo) + len(self.done) + len(self.failed)
+
+
+def results_uri(out: str) -> str:
+    """One row per video of every run, merged: ``<out>/results.parquet`` (CURATE_RESULT_SCHEMA)."""
+    return storage.join(out, "results.parquet")
+
+
+def prepare_curate(manifest: str, out: str, cfg: Any = None) -> CuratePlan:
+    """Read and validate a curation manifest and plan the run: videos with a matching done marker are
+    skipped. Raises InputError for an unreadable or empty manifest, StorageError when storage fails."""
+    from facepose.manifest import CURATE_COLUMNS, manifest_dir, parse_curate_rows, read_rows
+
+    rows = read_rows(manifest)
+    if not rows:
+        raise InputError(f"{manifest}: the manifest has no rows; add one video per row ({', '.join(CURATE_COLUMNS)})")
+    jobs, failed = parse_curate_rows(rows, base=manifest_dir(manifest))
+    done_ids = {storage.parse(u).path.rsplit("/", 1)[-1][: -len(".json")] for u in storage.listdir(storage.join(out, "_done")) if u.endswith(".json")}
+    todo, done = [], []
+    for job in jobs:
+        job.input_digest = input_digest(job, cfg) or ""
+        if not job.input_digest:
+            failed.append(curate_result(job.video_id, "error", error=f"video {job.video_id!r}: {job.video} does not exist; check the manifest's video column", error_kind="input"))
+            continue
+        marker = read_marker(out, job.video_id) if job.video_id in done_ids else None
+        if marker is not None and marker.get("status") == "ok" and marker.get("input_digest") == job.input_digest:
+            done.append(marker)
+        else:
+            todo.append(job)
+    log.info("%s: %d videos, %d to curate, %d done before, %d bad rows", manifest, len(rows), len(todo), len(done), len(failed))
+    return CuratePlan(todo, done, failed)
+
+
+def summarize(results: list[dict[str, Any]], wall_s: float, frames_done: int) -> dict[str, Any]:
+    """A run's summary: videos by status, clips kept, clips dropped by reason, and speed: ``frames_per_s``
+    over ``wall_s`` (the run's transform stage, Ray and actor start included) and ``frames_per_worker_s``
+    (frames over the time actors spent on videos)."""
+    dropped: dict[str, int] = {}
+    for r in results:
+        for reason, n in json.loads(r.get("dropped") or "{}").items():
+            dropped[reason] = dropped.get(reason, 0) + n
+    by_status = {s: sum(r["status"] == s for r in results) for s in ("ok", "error", "skipped")}
+    busy = sum(float(r.get("elapsed_s") or 0) for r in results if r["status"] == "ok")
+    return {
+        "videos": len(results), **by_status,
+        "clips": sum(int(r.get("clips") or 0) for r in results), "kept": sum(int(r.get("kept") or 0) for r in results),
+        "dropped": dropped, "frames": frames_done, "wall_s": wall_s, "frames_per_s": frames_done / wall_s if wall_s > 0 else 0.0,
+        "frames_per_worker_s": frames_done / busy if busy > 0 else 0.0,  # the unit's own speed, without start-up
+    }
