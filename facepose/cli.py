@@ -244,7 +244,7 @@ def _batch_summary(summary: dict, noun: str) -> None:
 
     table = Table(show_header=False, title=f"{noun} summary")
     for key, value in summary.items():
-        if key in {"errors", "results_rows"}:
+        if key in {"errors", "results_rows", "outputs", "flow_run_id"}:
             continue
         table.add_row(str(key), f"{value:.2f}" if isinstance(value, float) else str(value))
     Console().print(table)

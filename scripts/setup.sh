@@ -26,12 +26,15 @@ stamp=".venv/.facepose-installed${extras:+-test}"
 digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$digest" ]] || ! .venv/bin/python -c 'import facepose' 2>/dev/null; then
   echo "==> installing facepose$extras into .venv (first time: about 3 minutes, 3.5 GB)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  # torch first and pinned: 2.13.0 is the CPU build that lies on this machine's disk; an unpinned
-  # torch would pull a several-GB CUDA build.
-  .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -e ".$extras" 2>&1 | grep -vE "^\s*(!!|\*+|WARNING: Location|with strategy|$)" || true
-  .venv/bin/python -c 'import facepose' || { echo "error: installing facepose failed" >&2; exit 1; }
+  log=.venv/install.log
+  {
+    .venv/bin/python -m pip install --upgrade pip &&
+    # torch first and pinned: 2.13.0 is the CPU build that lies on this machine's disk; an unpinned
+    # torch would pull a several-GB CUDA build.
+    .venv/bin/python -m pip install torch==2.13.0 &&
+    .venv/bin/python -m pip install -e ".$extras"
+  } > "$log" 2>&1 || { tail -n 40 "$log" >&2; echo "error: installing facepose failed (full log: $log)" >&2; exit 1; }
+  .venv/bin/python -c 'import facepose' || { echo "error: facepose does not import after install (log: $log)" >&2; exit 1; }
   echo "$digest" > "$stamp"
 fi
 
