@@ -50,7 +50,7 @@ def plain_loop(manifest: Path, out: Path, warm: bool) -> float:
     import cv2
 
     from facepose import manifest as mf
-    from facepose.batch_config import RunConfig
+    from facepose.config import Config
     from facepose.render.base import get_renderer
     from facepose.render.job import render_video
 
@@ -58,7 +58,7 @@ def plain_loop(manifest: Path, out: Path, warm: bool) -> float:
     rows = mf.read_rows(str(manifest))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cfg = RunConfig()
+    cfg = Config()
     renderer = get_renderer("warp", cfg)
     if warm:
         render_video(rows[0]["reference"], rows[0]["driver"], str(out / "warmup.mp4"), seconds=1, cfg=cfg, renderer=renderer)
@@ -111,11 +111,11 @@ def curate_unit(manifest: Path, out: Path) -> tuple[float, int]:
     import cv2
 
     from facepose import manifest as mf
-    from facepose.batch_config import RunConfig
+    from facepose.config import Config
     from facepose.curate import Curator
 
     cv2.setNumThreads(1)
-    cur = Curator(RunConfig())
+    cur = Curator(Config())
     jobs, _ = mf.parse_curate_rows(mf.read_rows(str(manifest)))
     cur(jobs[0], str(out / "warmup"))  # imports and first-call costs, untimed
     t0 = time.perf_counter()

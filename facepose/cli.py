@@ -289,6 +289,27 @@ def curate(
         raise typer.Exit(1)
 
 
+# -- training ------------------------------------------------------------------------------------
+@app.command("train", context_settings={"allow_extra_args": False})
+def train(
+    args: List[str] = typer.Argument(None, metavar="[CONFIG ...] [KEY=VALUE ...]",
+                                     help="configs/train/ names or YAML paths merged in order (default stage1), then key=value overrides."),
+) -> None:
+    """Train with Ray Train on a curated dataset: `facepose train stage1 data.dataset=s3://b/ds output=s3://b/runs`."""
+    from flows.train import run_train
+
+    args = list(args or [])
+    configs = [a for a in args if "=" not in a] or ["stage1"]
+    overrides = [a for a in args if "=" in a]
+    with progress_bar("training") as update:
+        summary = run_train(configs, overrides, progress=lambda step, steps, row=None: update(step, steps))
+    summary = {k: v for k, v in summary.items() if k != "history"}
+    _batch_summary(summary, "training")
+    model = str(summary.get("model"))
+    key = "audio2pose.checkpoint" if model.endswith(".pt") else "model.checkpoint"
+    done(f"checkpoint {summary.get('checkpoint')}; use it with -s {key}={model}")
+
+
 # -- web app -------------------------------------------------------------------------------------
 @app.command("app")
 def serve_app(

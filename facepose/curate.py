@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facepose import storage
-from facepose.batch_config import RunConfig, as_run_config
+from facepose.config import Config
 from facepose.errors import FaceposeError, InputError, MediaError
 from facepose.manifest import CurateJob, curate_result, digest, error_result, fingerprint
 
@@ -323,7 +323,7 @@ def _write_table(uri: str, table: pa.Table) -> None:
 def input_digest(job: CurateJob, cfg: Any) -> Optional[str]:
     """Hash of a video's inputs (video and audio fingerprints, time range) and of the settings that shape
     its outputs; None when the video does not exist. A rerun redoes a video whose digest changed."""
-    cfg = as_run_config(cfg)
+    cfg = (cfg if cfg is not None else Config())
     video_fp = fingerprint(job.video)
     if video_fp is None:
         return None
@@ -338,12 +338,12 @@ def input_digest(job: CurateJob, cfg: Any) -> Optional[str]:
 class Curator:
     """Curates videos one by one; the face models load once, in ``__init__`` (a Ray actor keeps one).
 
-    cfg: a :class:`RunConfig` (``curate`` and ``face`` sections are used)."""
+    cfg: a :class:`Config` (``curate`` and ``face`` sections are used)."""
 
     def __init__(self, cfg: Any = None):
         from facepose.face.track import FaceTracker
 
-        self.cfg: RunConfig = as_run_config(cfg)
+        self.cfg: Config = (cfg if cfg is not None else Config())
         self.tracker = FaceTracker(self.cfg.face, fps=self.cfg.curate.fps)
         self.tracker.detector.detect(np.zeros((64, 64, 3), np.uint8))  # loads the detector now, not on the first video
         import facepose.media.audio  # noqa: F401 - imports paid here rather than by the first video

@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 
 from facepose import curate as cu
 from facepose import storage
-from facepose.batch_config import load_run_config
+from facepose.config import load_config
 from facepose.manifest import curate_result
 from tasks.actors import CurateActor
 from tasks.common import ProgressCallback, RunProgress, run_on_pool
@@ -48,7 +48,7 @@ def curate_flow(manifest: str, out: str, overrides: Optional[list[str]] = None, 
     t0 = time.perf_counter()
 
     # Extract: config, manifest, done markers
-    cfg = load_run_config(overrides or [], config_files or [])
+    cfg = load_config(overrides or [], config_files or [])
     storage.configure(cfg.storage)
     storage.ensure_bucket(out)
     plan = plan_curate(manifest, out, cfg)

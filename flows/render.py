@@ -28,7 +28,7 @@ from prefect.runtime import flow_run
 
 from facepose import manifest as mf
 from facepose import storage
-from facepose.batch_config import load_run_config
+from facepose.config import load_config
 from tasks.actors import RenderActor
 from tasks.common import ProgressCallback, RunProgress, run_on_pool
 from tasks.pool import ray_session
@@ -67,7 +67,7 @@ def render_flow(
     t0 = time.perf_counter()
 
     # Extract: config, manifest, earlier results
-    cfg = load_run_config(overrides or [], config_files or [])
+    cfg = load_config(overrides or [], config_files or [])
     storage.configure(cfg.storage)
     storage.ensure_bucket(out)
     plan = plan_render(manifest, out, cfg, retry_failed)
@@ -175,7 +175,7 @@ def render_new_manifests(
     resumed by the next schedule. ``prefix``/``out`` default to ``render.manifests_prefix`` and
     ``render.manifests_out`` (default ``<prefix>/../renders``)."""
     logger = get_run_logger()
-    cfg = load_run_config(overrides or [], config_files or [])
+    cfg = load_config(overrides or [], config_files or [])
     storage.configure(cfg.storage)
     prefix = prefix or cfg.render.manifests_prefix
     if not prefix:

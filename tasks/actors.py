@@ -47,7 +47,7 @@ def _load_face_models(cfg: Any) -> None:
 class RenderActor:
     """Renders manifest jobs; keeps each backend loaded after its first job (the default one at once).
 
-    cfg: a :class:`facepose.batch_config.RunConfig`; env: environment for this process
+    cfg: a :class:`facepose.config.Config`; env: environment for this process
     (:func:`tasks.pool.actor_env`)."""
 
     def __init__(self, cfg: Any, env: Optional[dict[str, str]] = None):
@@ -75,7 +75,7 @@ class RenderActor:
 class CurateActor:
     """Curates videos; the face detector and landmark model load once.
 
-    cfg: a :class:`facepose.batch_config.RunConfig`. Rows: :meth:`facepose.manifest.CurateJob.to_row`
+    cfg: a :class:`facepose.config.Config`. Rows: :meth:`facepose.manifest.CurateJob.to_row`
     dicts plus ``out`` (the dataset prefix). env: as for :class:`RenderActor`."""
 
     def __init__(self, cfg: Any, env: Optional[dict[str, str]] = None):

@@ -12,7 +12,7 @@ import pytest
 
 from facepose import curate as cu
 from facepose import storage
-from facepose.batch_config import RunConfig
+from facepose.config import Config
 from facepose.manifest import CurateJob
 from facepose.media.video import probe_video, write_video
 from facepose.pose.sequence import PoseSequence
@@ -23,7 +23,7 @@ FPS = 24
 
 @pytest.fixture(scope="module")
 def curator():
-    return cu.Curator(RunConfig())
+    return cu.Curator(Config())
 
 
 # -- pieces ---------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def test_histogram_distance_separates_a_cut_from_motion(astronaut):
     h = [cu.colour_hist(f) for f in frames]
     motion = max(cu.hist_distance(a, b) for a, b in zip(h, h[1:]))
     cut = cu.hist_distance(h[-1], cu.colour_hist(other))
-    assert motion < RunConfig().curate.shot_threshold < cut
+    assert motion < Config().curate.shot_threshold < cut
 
 
 def test_shots_split_into_nearly_equal_clips_of_bounded_length():
@@ -59,7 +59,7 @@ def test_quality_filters_record_the_reason(seen, size, sharp, frames, reason):
     n = frames
     mask = np.arange(n) < round(seen * n)
     scan = cu.Scan(np.zeros((n, 68, 2), np.float32), mask, np.where(mask, size, np.nan), np.where(mask, sharp, np.nan), [0], 256, 256)
-    clip = cu.judge(cu.Clip("c", 0, n), scan, RunConfig().curate, FPS)
+    clip = cu.judge(cu.Clip("c", 0, n), scan, Config().curate, FPS)
     assert clip.reason == reason
     assert math.isclose(clip.missing, 1 - mask.mean())
 
@@ -78,7 +78,7 @@ def test_blur_lowers_face_sharpness(astronaut):
     lm_box = np.array([[175, 80], [270, 175]], np.float32)
     sharp = cu.face_sharpness(astronaut, lm_box)
     blurred = cu.face_sharpness(cv2.GaussianBlur(astronaut, (0, 0), 3), lm_box)
-    assert blurred < RunConfig().curate.min_sharpness < sharp
+    assert blurred < Config().curate.min_sharpness < sharp
 
 
 def test_audio_features_line_up_with_the_frames():
