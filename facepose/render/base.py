@@ -23,14 +23,14 @@ class Renderer(Protocol):
 
     def render(
         self,
-        reference: np.ndarray,
+        reference: Any,
         pose: PoseSequence,
         *,
         seed: int = 0,
         progress: Optional[ProgressFn] = None,
         name: Optional[str] = None,
     ) -> Iterator[np.ndarray]:
-        """reference: (H, W, 3) uint8 RGB photo; pose: the target sequence (any canvas; the renderer
+        """reference: (H, W, 3) uint8 RGB photo, or a facepose.face.crop.FaceCrop already made from one; pose: the target sequence (any canvas; the renderer
         maps it onto its output size) -> yields len(pose) frames (S, S, 3) uint8. ``name`` (the
         reference's URI) is what error messages call the reference."""
         ...

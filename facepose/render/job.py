@@ -44,6 +44,8 @@ def render_video(
 
     When audio drove the pose (an audio file, or a driving video with sound), the video carries that
     audio, trimmed or looped with the pose so it stays in sync. ``renderer`` reuses a loaded backend."""
+    from facepose.config import FaceConfig
+    from facepose.face.crop import crop_face
     from facepose.media.audio import load_audio
     from facepose.media.image import read_image
     from facepose.media.video import VideoWriter
@@ -56,8 +58,11 @@ def render_video(
     stage("reading reference")
     image = read_image(reference) if isinstance(reference, str) else reference
     ref_name = reference if isinstance(reference, str) else "reference image"
+    stage("finding the face")
+    # One detection per job: the crop serves both retargeting and the renderer.
+    crop = crop_face(image, getattr(cfg, "face", None) or FaceConfig(), name=ref_name)
     stage("making the pose sequence")
-    pose = from_source(driver, reference if isinstance(reference, str) else image, seconds=seconds, cfg=cfg, kind=driver_type)
+    pose = from_source(driver, crop, seconds=seconds, cfg=cfg, kind=driver_type)
     if len(pose) == 0:
         raise InputError(f"pose from {driver} has 0 frames; nothing to render")
     audio = None
@@ -74,7 +79,7 @@ def render_video(
     stage("rendering")
     frames = 0
     with VideoWriter(output, fps=pose.fps, audio=audio, sample_rate=16000) as writer:
-        for frame in renderer.render(image, pose, seed=seed, progress=progress, name=ref_name):
+        for frame in renderer.render(crop, pose, seed=seed, progress=progress, name=ref_name):
             writer.write(frame)
             frames += 1
     if frames != len(pose):

@@ -59,11 +59,13 @@ class DiffusionRenderer:
         clip by clip. Bad input raises here, before the first frame."""
         if len(pose) == 0:
             raise InputError(f"pose sequence{(' ' + pose.source) if pose.source else ''} has 0 frames; nothing to render")
+        from facepose.face.crop import FaceCrop, crop_face
+
+        if isinstance(reference, FaceCrop):  # already cropped by the caller
+            return self._frames(reference.image, pose, seed, progress)
         if not isinstance(reference, np.ndarray) or reference.ndim != 3 or reference.shape[2] != 3:
             got = getattr(reference, "shape", type(reference).__name__)
-            raise InputError(f"reference must be an (H, W, 3) RGB image, got {got}")
-        from facepose.face.crop import crop_face
-
+            raise InputError(f"reference must be an (H, W, 3) RGB image or a FaceCrop, got {got}")
         crop = crop_face(reference, self.face_cfg, detector=self._detector(), predictor=self._predictor, name=name or "reference")
         return self._frames(crop.image, pose, seed, progress)
 
