@@ -371,18 +371,7 @@ def exists(uri: str | os.PathLike) -> bool:
     loc = parse(uri)
     if loc.scheme == "file":
         return Path(loc.path).exists()
-    from minio.error import S3Error
-
-    def stat() -> bool:
-        try:
-            client().stat_object(loc.bucket, loc.path)
-            return True
-        except S3Error as e:
-            if e.code in {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}:
-                return False
-            raise
-
-    return _retry(loc, stat)
+    return fingerprint(uri) is not None
 
 
 def fingerprint(uri: str | os.PathLike) -> Optional[str]:
@@ -409,6 +398,25 @@ def fingerprint(uri: str | os.PathLike) -> Optional[str]:
         return f"{obj.size}:{(obj.etag or '').strip(chr(34))}"
 
     return _retry(loc, stat)
+
+
+def arrow_filesystem(uri: str | os.PathLike) -> tuple[str, Optional[object]]:
+    """``uri`` for pyarrow users (Ray Train's ``storage_path`` / ``storage_filesystem``): a local path and
+    None, or ``bucket/key`` (no ``s3://``) and a ``pyarrow.fs.S3FileSystem`` on the configured endpoint."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        return loc.path, None
+    import pyarrow.fs
+
+    endpoint, access, secret, secure = _settings()
+    if not endpoint:
+        raise StorageError(f"{loc.uri}: no S3 endpoint configured; set MINIO_ENDPOINT (host:port) or storage.endpoint")
+    fs = pyarrow.fs.S3FileSystem(
+        endpoint_override=endpoint, scheme="https" if secure else "http",
+        region=os.environ.get("AWS_DEFAULT_REGION") or _config.region or "us-east-1",
+        access_key=access or None, secret_key=secret or None,
+    )
+    return f"{loc.bucket}/{loc.path}".rstrip("/"), fs
 
 
 def size(uri: str | os.PathLike) -> int:

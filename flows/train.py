@@ -63,26 +63,6 @@ def output_root(output: str) -> str:
     return output.rstrip("/") if storage.is_remote(output) else os.path.abspath(storage.parse(output).path)
 
 
-def arrow_storage(output: str, region: Optional[str] = None) -> tuple[str, Any]:
-    """Ray Train's ``storage_path`` and ``storage_filesystem`` for ``output``: a local path and None, or
-    ``bucket/prefix`` (no ``s3://``) and a pyarrow S3FileSystem on the configured endpoint."""
-    if not storage.is_remote(output):
-        return output, None
-    import pyarrow.fs
-
-    loc = storage.parse(output)
-    endpoint = storage.endpoint_name()
-    if "://" not in endpoint:
-        raise StorageError(f"{output}: no S3 endpoint configured; set MINIO_ENDPOINT (host:port) or storage.endpoint")
-    scheme, host = endpoint.split("://", 1)
-    fs = pyarrow.fs.S3FileSystem(
-        endpoint_override=host, scheme=scheme, region=os.environ.get("AWS_DEFAULT_REGION") or region or "us-east-1",
-        access_key=os.environ.get("MINIO_ACCESS_KEY") or os.environ.get("AWS_ACCESS_KEY_ID") or None,
-        secret_key=os.environ.get("MINIO_SECRET_KEY") or os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-    )
-    return f"{loc.bucket}/{loc.path}".rstrip("/"), fs
-
-
 def check_writable(storage_path: str, filesystem: Any, run_uri: str, name: str) -> None:
     """Write and delete a probe file in the run folder, through the filesystem Ray Train will use.
     Raises StorageError naming the URI when that fails."""
@@ -147,7 +127,7 @@ def train_flow(configs: Optional[list[str]] = None, overrides: Optional[list[str
     output = output_root(cfg.output)
     run_uri = storage.join(output, name)
     inputs = check_inputs(cfg, run_uri)
-    storage_path, filesystem = arrow_storage(output, run_cfg.storage.region)
+    storage_path, filesystem = storage.arrow_filesystem(output)
     check_writable(storage_path, filesystem, run_uri, name)
     clips_uri = write_clips(storage.join(run_uri, "clips.parquet"), inputs["clips"])
     logger.info("training %s%s on %s (%d clips) with %d worker(s) into %s", cfg.kind, f" stage {cfg.stage}" if cfg.kind == "diffusion" else "",
