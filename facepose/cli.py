@@ -8,11 +8,27 @@ long work shows a progress bar. Global options set config: ``--config FILE`` mer
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
+
+# Quiet, offline runs: nothing facepose starts phones home on its own (Prefect's server and client
+# telemetry, Ray's usage stats, Gradio's analytics, the Hugging Face hub). Set before any of them is
+# imported; setdefault, so a user's own setting wins.
+OFFLINE_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    "DO_NOT_TRACK": "1",  # Prefect's client analytics and huggingface_hub honour it
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+for _key, _value in OFFLINE_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
 
 import click
 import typer
@@ -56,11 +72,32 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
 ) -> None:
     """facepose: one-shot, pose-driven talking-head videos and the batch pipelines around them."""
-    from rich.logging import RichHandler
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)], force=True)
+    setup_logging(verbose)
     state.overrides, state.files, state._cfg = list(set_), [str(c) for c in config], None
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """rich's handler on a terminal; otherwise (CI logs, pipes) plain records, one line each: rich
+    wraps at 80 columns when its output is not a terminal."""
+    if console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout (``--json``)."""
+    print(json.dumps(value, indent=2, default=str))
+
+
+def plain_output(as_json: bool) -> bool:
+    """Plain lines instead of a rich table: stdout is not a terminal (a pipe, a file)."""
+    return not as_json and not sys.stdout.isatty()
 
 
 @contextlib.contextmanager
@@ -118,7 +155,10 @@ def pose_draw(
 
 
 @pose_app.command("show")
-def pose_show(pose_uri: str = typer.Argument(..., metavar="POSE", help="Pose Parquet.")) -> None:
+def pose_show(
+    pose_uri: str = typer.Argument(..., metavar="POSE", help="Pose Parquet."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (numbers, not text)."),
+) -> None:
     """Print what a pose file holds: frames, fps, canvas, face size, missing frames."""
     import numpy as np
     from rich.table import Table
@@ -128,6 +168,14 @@ def pose_show(pose_uri: str = typer.Argument(..., metavar="POSE", help="Pose Par
     pose = PoseSequence.load(pose_uri)
     vis = pose.visible
     sizes = pose.face_size()[vis] if vis.any() else np.zeros(1)
+    if as_json:
+        print_json({
+            "pose": pose_uri, "frames": len(pose), "fps": float(pose.fps), "duration_s": float(pose.duration),
+            "width": int(pose.width), "height": int(pose.height),
+            "face_size_px": {"median": float(np.median(sizes)), "min": float(sizes.min()), "max": float(sizes.max())},
+            "missing_frames": int((~vis).sum()), "head_pose": pose.head_pose is not None, "source": pose.source or None,
+        })
+        return
     table = Table(show_header=False, title=pose_uri)
     rows = [
         ("frames", str(len(pose))),
@@ -139,23 +187,34 @@ def pose_show(pose_uri: str = typer.Argument(..., metavar="POSE", help="Pose Par
         ("head pose", "yes" if pose.head_pose is not None else "no"),
         ("source", pose.source or "-"),
     ]
+    if plain_output(False):
+        for k, v in rows:
+            print(f"{k}\t{v}")
+        return
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
 
 
 @pose_app.command("presets")
-def pose_presets() -> None:
-    """List the bundled pose presets (use them as `preset:<name>`)."""
+def pose_presets(as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {name, seconds, description}.")) -> None:
+    """List the bundled pose presets (use them as `preset:<name>`). Not on a terminal: one line per
+    preset, `name<TAB>seconds<TAB>description`."""
     from rich.table import Table
 
     from facepose.pose.presets import list_presets
 
-    table = Table("preset", "seconds", "description")
-    for p in list_presets():
-        name, description, seconds = p
-        table.add_row(f"preset:{name}", f"{seconds:g}", description)
-    Console().print(table)
+    presets = [(name, float(seconds), description) for name, description, seconds in list_presets()]
+    if as_json:
+        print_json([{"name": n, "driver": f"preset:{n}", "seconds": s, "description": d} for n, s, d in presets])
+    elif plain_output(as_json):
+        for n, s, d in presets:
+            print(f"{n}\t{s:g}\t{d}")
+    else:
+        table = Table("preset", "seconds", "description")
+        for n, s, d in presets:
+            table.add_row(f"preset:{n}", f"{s:g}", d)
+        Console().print(table)
 
 
 @pose_app.command("make")
@@ -325,8 +384,13 @@ def serve_app(
 
 # -- config --------------------------------------------------------------------------------------
 @app.command("config")
-def show_config() -> None:
+def show_config(as_json: bool = typer.Option(False, "--json", help="Print it as JSON instead of YAML.")) -> None:
     """Print the merged configuration (configs/*.yaml, --config files and -s overrides)."""
+    if as_json:
+        from dataclasses import asdict
+
+        print_json(asdict(state.cfg))
+        return
     from facepose.config import to_yaml
 
     print(to_yaml(state.cfg), end="")

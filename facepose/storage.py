@@ -161,7 +161,10 @@ def _describe(exc: BaseException, loc: Location) -> tuple[str, bool]:
         return f"{loc.uri}: S3 error {exc.code} from {endpoint_name()}: {exc.message}", exc.code in _TRANSIENT_CODES
     if _is_transient(exc):
         reason = str(exc).split("(Caused by")[-1].strip(" )") or type(exc).__name__
-        return f"{loc.uri}: cannot reach S3 endpoint {endpoint_name()} ({reason[:160]})", True
+        # urllib3 nests the cause ("HTTPConnection(host=..., port=...): Failed to establish a new
+        # connection: [Errno 111] Connection refused"): its last clause says it, on one short line.
+        reason = " ".join(reason.split()).rsplit(": ", 1)[-1].strip(" '\"()")[:120] or type(exc).__name__
+        return f"{loc.uri}: cannot reach S3 endpoint {endpoint_name()} ({reason})", True
     return f"{loc.uri}: {type(exc).__name__}: {exc}", False
 
 
@@ -176,7 +179,7 @@ def _retry(loc: Location, op: Callable[[], T]) -> T:
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised as StorageError
             message, transient = _describe(exc, loc)
             if transient and attempt + 1 < attempts:
-                log.warning("storage: %s; retrying in %.1fs (%d/%d)", message, delay, attempt + 1, attempts - 1)
+                log.warning("%s; retrying in %.1fs (%d/%d)", message, delay, attempt + 1, attempts - 1)
                 time.sleep(delay)
                 delay *= 2
                 continue

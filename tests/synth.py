@@ -127,3 +127,21 @@ def write_driving_video(uri: str, video: DrivingVideo) -> str:
 
     write_video(uri, video.frames, fps=video.fps)
     return uri
+
+
+# -- phone photos ---------------------------------------------------------------------------------
+def phone_photo(astronaut: np.ndarray, face_px: int = 180, size=(4032, 3024), at=(2600, 900)) -> tuple[np.ndarray, tuple]:
+    """A 12 MP landscape photo (H, W, 3) on sensor-like noise with the astronaut's head scaled so her
+    face (114 px wide in her photo) is ``face_px`` wide, the head's top-left at ``at``. -> (photo, face box)."""
+    face = (168, 68, 282, 188)  # the astronaut's face box in her 512 px photo (tests/test_face.py)
+    k = face_px / (face[2] - face[0])
+    head = astronaut[20:260, 110:340]  # hair to collar
+    head = cv2.resize(head, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(0)
+    w, h = size
+    photo = np.clip(rng.normal(120, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    photo = cv2.GaussianBlur(photo, (0, 0), 3)  # a soft, textured background
+    y0, x0 = at[1], at[0]
+    photo[y0:y0 + head.shape[0], x0:x0 + head.shape[1]] = head
+    fx0, fy0 = x0 + (face[0] - 110) * k, y0 + (face[1] - 20) * k
+    return photo, (fx0, fy0, fx0 + face_px, fy0 + (face[3] - face[1]) * k)

@@ -102,3 +102,80 @@ def test_bad_inputs_print_one_error_line_naming_the_input(astronaut_png, tmp_pat
     assert_one_line_error(facepose("render", "-r", str(astronaut_png), "-p", "preset:nod", "--backend", "teleport", "-o", str(tmp_path / "v.mp4")), "teleport")
     assert_one_line_error(facepose("-s", "face.detectr=cnn", "config"), "detectr")
     assert not (tmp_path / "v.mp4").exists() and not Path(out).exists()
+
+
+# -- quiet, offline runs ---------------------------------------------------------------------------
+def test_the_command_turns_off_telemetry_before_anything_imports_it_and_users_can_override():
+    from facepose.cli import OFFLINE_DEFAULTS
+
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_DEFAULTS}
+    env["GRADIO_ANALYTICS_ENABLED"] = "True"  # a user's own choice stays
+    code = ("import json, os, sys; import facepose.cli; assert 'prefect' not in sys.modules and 'ray' not in sys.modules; "
+            "print(json.dumps({k: os.environ.get(k) for k in facepose.cli.OFFLINE_DEFAULTS}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    import json
+
+    seen = json.loads(r.stdout)
+    assert seen["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and seen["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert seen["HF_HUB_OFFLINE"] == "1" and seen["DO_NOT_TRACK"] == "1"
+    assert seen["GRADIO_ANALYTICS_ENABLED"] == "True"
+
+
+def test_retries_of_an_unreachable_endpoint_log_one_short_line_each(tmp_path):
+    dead = f"127.0.0.1:{free_port()}"
+    r = facepose("-s", "storage.retries=3", "-s", "storage.backoff_s=0.01", "face", "crop", "s3://bucket/ref.png",
+                 "-o", str(tmp_path / "c.png"), env={"MINIO_ENDPOINT": dead, "COLUMNS": "80"})
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 4, r.stderr  # three retries and the error, nothing wrapped
+    for k, line in enumerate(lines[:3], 1):
+        assert line.startswith("WARNING facepose.storage: s3://bucket/ref.png: cannot reach S3 endpoint") and f"({k}/3)" in line
+        assert len(line) < 200, line
+    assert_one_line_error(r, "s3://bucket/ref.png", dead, "Connection refused")
+
+
+# -- scriptable listings ----------------------------------------------------------------------------
+def test_presets_are_plain_tab_separated_lines_in_a_pipe_and_json_on_request():
+    from facepose.pose.presets import list_presets
+
+    expected = {name: (seconds, description) for name, description, seconds in list_presets()}
+    r = facepose("pose", "presets")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert len(rows) == len(expected) and all(len(row) == 3 for row in rows), r.stdout
+    for name, seconds, description in rows:
+        assert float(seconds) == pytest.approx(expected[name][0]) and description == expected[name][1]
+    import json
+
+    listed = json.loads(facepose("pose", "presets", "--json").stdout)
+    assert {p["name"]: (p["seconds"], p["description"]) for p in listed} == expected
+    assert all(p["driver"] == f"preset:{p['name']}" for p in listed)
+
+
+def test_pose_show_and_config_print_json(driving_mp4, tmp_path):
+    import json
+
+    pose = tmp_path / "driver.parquet"
+    assert facepose("pose", "extract", str(driving_mp4), "-o", str(pose)).returncode == 0
+    shown = json.loads(facepose("pose", "show", str(pose), "--json").stdout)
+    assert shown["frames"] == 36 and shown["fps"] == 24.0 and shown["width"] > 0 and shown["missing_frames"] == 0
+    assert shown["face_size_px"]["min"] <= shown["face_size_px"]["median"] <= shown["face_size_px"]["max"]
+    cfg = json.loads(facepose("-s", "face.detector=cnn", "config", "--json").stdout)
+    assert cfg["face"]["detector"] == "cnn" and cfg["storage"]["retries"] == 4
+
+
+# -- phone photos ---------------------------------------------------------------------------------
+def test_face_crop_finds_the_small_face_of_a_12mp_phone_photo(astronaut, tmp_path):
+    from PIL import Image
+
+    from tests.synth import phone_photo
+
+    photo, _ = phone_photo(astronaut)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, shown upright
+    path = tmp_path / "IMG_0002.jpg"
+    Image.fromarray(np.ascontiguousarray(np.rot90(photo, 1))).save(path, quality=90, exif=exif)
+    r = facepose("face", "crop", str(path), "-o", str(tmp_path / "crop.png"))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "crop.png").size == (512, 512)

@@ -26,6 +26,7 @@ from facepose.face import (
 )
 from facepose.face.detect import model_path
 from facepose.face.landmarks import LEFT_EYE, MOUTH, NOSE, RIGHT_EYE
+from tests.synth import phone_photo
 
 # Hand-annotated on skimage's astronaut photo (looking at it at 3x): the face's skin from brow-line
 # hair to chin and ear to ear, and the centres of the two eyes (image-left, image-right).
@@ -226,22 +227,6 @@ def test_crop_face_returns_crop_landmarks_and_mask_consistently(astronaut, detec
 
 
 # -- phone photos --------------------------------------------------------------------------------
-def phone_photo(astronaut: np.ndarray, face_px: int = 180, size=(4032, 3024), at=(2600, 900)) -> tuple[np.ndarray, tuple]:
-    """A 12 MP landscape photo (H, W, 3) on sensor-like noise with the astronaut's head scaled so her
-    face (ASTRONAUT_FACE, 114 px wide) is ``face_px`` wide, its top-left at ``at``. -> (photo, face box)."""
-    k = face_px / (ASTRONAUT_FACE[2] - ASTRONAUT_FACE[0])
-    head = astronaut[20:260, 110:340]  # hair to collar
-    head = cv2.resize(head, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
-    rng = np.random.default_rng(0)
-    w, h = size
-    photo = np.clip(rng.normal(120, 25, (h, w, 3)), 0, 255).astype(np.uint8)
-    photo = cv2.GaussianBlur(photo, (0, 0), 3)  # a soft, textured background
-    y0, x0 = at[1], at[0]
-    photo[y0:y0 + head.shape[0], x0:x0 + head.shape[1]] = head
-    fx0, fy0 = x0 + (ASTRONAUT_FACE[0] - 110) * k, y0 + (ASTRONAUT_FACE[1] - 20) * k
-    return photo, (fx0, fy0, fx0 + face_px, fy0 + (ASTRONAUT_FACE[3] - ASTRONAUT_FACE[1]) * k)
-
-
 @pytest.fixture(scope="module")
 def phone_jpeg(astronaut, tmp_path_factory):
     """The phone photo as a camera stores it: pixels sideways (3024 wide, 4032 high) and EXIF
