@@ -249,49 +249,27 @@ def locator_boxes(landmarks: np.ndarray, expand: float, size: int) -> np.ndarray
 
 
 # -- audio features -------------------------------------------------------------------------------
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
-    f = np.asarray(f, np.float64)
-    return np.where(f < 1000.0, f * 3.0 / 200.0, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0))
-
-
-def _mel_to_hz(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, np.float64)
-    return np.where(m < 15.0, m * 200.0 / 3.0, 1000.0 * np.exp((m - 15.0) * np.log(6.4) / 27.0))
-
-
-def mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
-    """(n_mels, n_fft // 2 + 1) triangular filters on Slaney's mel scale with Slaney area
-    normalisation, 0 Hz to sr / 2: the same matrix as ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)``."""
-    freqs = np.linspace(0.0, sr / 2.0, n_fft // 2 + 1)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sr / 2.0), n_mels + 2))
-    lower = (freqs[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
-    upper = (edges[2:, None] - freqs[None, :]) / np.diff(edges)[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
-
-
-def log_mel(y: np.ndarray, sr: int, n_mels: int) -> tuple[np.ndarray, int]:
-    """y: (N,) float32 -> (log-mel (M, n_mels) natural log of power, hop): 25 ms Hann windows every
-    10 ms, centred (zero padding), as ``librosa.feature.melspectrogram(center=True)``. Plain numpy, so
-    curation workers start without librosa's seconds of imports."""
-    n_fft, hop = int(sr * 0.025), sr // 100
-    padded = np.pad(y.astype(np.float32), n_fft // 2)
-    count = 1 + (len(padded) - n_fft) // hop
-    frames = np.lib.stride_tricks.as_strided(padded, (count, n_fft), (padded.strides[0] * hop, padded.strides[0]))
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)  # periodic Hann
-    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2  # (M, n_fft // 2 + 1)
-    mel = power @ mel_filterbank(sr, n_fft, n_mels).T
-    return np.log(mel + 1e-6).astype(np.float32), hop
+AUDIO_FEATURES = "facepose.pose.audio_features: log10 mel power, window centred on (frame + 0.5) / fps; rms over one frame period"
 
 
 def audio_features(audio: Optional[np.ndarray], frames: int, fps: float, sr: int, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
-    """audio: (N,) float32 mono at ``sr`` (or None) -> (mel (frames, n_mels) log-mel, rms (frames,)),
-    frame i summarising the samples of [i/fps, (i+1)/fps). Without audio both are zeros."""
+    """audio: (N,) float32 mono at ``sr`` (or None) -> (mel (frames, n_mels) log-mel, rms (frames,)), frame
+    i centred on (i + 0.5) / fps: the front end inference runs and training reads
+    (:func:`facepose.pose.audio_features.audio_features`), the audio padded with silence or trimmed to
+    the frames. Without audio both are zeros."""
+    from facepose.pose.audio_features import audio_features as front_end
+
     mel_out = np.zeros((frames, n_mels), np.float32)
     rms_out = np.zeros(frames, np.float32)
     if audio is None or len(audio) == 0 or frames == 0:
         return mel_out, rms_out
+    need = int(round(frames * sr / fps))
+    y = np.zeros(need, np.float32)
+    y[: min(need, len(audio))] = audio[:need]
+    feat = front_end(y, sr, fps, n_mels)
+    n = min(frames, feat.frames)
+    mel_out[:n], rms_out[:n] = feat.log_mel[:n], feat.rms[:n]
+    return mel_out, rms_out
     need = int(math.ceil(frames * sr / fps))
     y = np.zeros(need, np.float32)
     y[: min(need, len(audio))] = audio[:need]
@@ -502,7 +480,7 @@ class Curator:
                 "has_audio": pa.array(np.full(n, has_audio)),
             }))
         meta = {"facepose.fps": repr(fps), "facepose.sample_rate": str(c.sample_rate), "facepose.n_mels": str(c.n_mels),
-                "facepose.features": f"log-mel (n_fft={int(c.sample_rate * 0.025)}, hop={c.sample_rate // 100}, natural log) mean over each frame; rms over each frame"}
+                "facepose.features": AUDIO_FEATURES}
         _write_table(shard_uri(out, "audio", job.video_id), pa.concat_tables(parts).replace_schema_metadata(meta))
 
     def _index_row(self, job: CurateJob, out: str, clip: Clip, crop: Optional[dict], t_start: float, fps: float, has_audio: bool) -> dict[str, Any]:

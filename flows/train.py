@@ -8,7 +8,7 @@ history, checkpoints and validation renders; a summary table artifact).
 
 A run lives in ``<output>/<name>/``: ``clips.parquet`` (the clips it trains on, listed once for all
 workers), ``checkpoint_<step>/`` folders (``pipeline/``, which
-:func:`facepose.render.diffusion.checkpoint.load_pipeline` loads, or ``audio2pose.pt``; and
+:func:`facepose.render.diffusion.checkpoint.load_pipeline` loads, or ``audio2pose/``, the Audio2PoseNet save_pretrained folder that ``audio2pose.checkpoint`` takes; and
 ``state.pt``), ``validation/step_<step>.mp4`` and ``metrics.jsonl``. Running the same ``name`` again
 resumes it from its latest checkpoint (the step counter and the optimizer state carry on);
 ``resume_from`` starts a new run from any checkpoint.
@@ -37,7 +37,7 @@ from facepose import storage
 from facepose.config import load_config
 from facepose.errors import StorageError
 from facepose.train.config import TrainConfig, load_train_config
-from facepose.train.step import AUDIO2POSE_FILE, PIPELINE_DIR, latest_checkpoint_uri
+from facepose.train.step import AUDIO2POSE_DIR, PIPELINE_DIR, latest_checkpoint_uri
 from tasks.pool import STORAGE_ENV, ray_session
 from tasks.train import check_inputs, check_resources, fit_on_ray, write_clips
 
@@ -93,7 +93,7 @@ def summarize(cfg: TrainConfig, name: str, run_uri: str, checkpoint: Optional[st
     """The run's summary: where its checkpoint and model are, its metrics, what it skipped."""
     model = None
     if checkpoint:
-        model = storage.join(checkpoint, PIPELINE_DIR if cfg.kind == "diffusion" else AUDIO2POSE_FILE)
+        model = storage.join(checkpoint, PIPELINE_DIR if cfg.kind == "diffusion" else AUDIO2POSE_DIR)
     last = history[-1] if history else {}
     losses = [r["loss"] for r in history]
     k = max(1, len(losses) // 5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -124,16 +126,62 @@ def synthetic_pair(seed: int, seconds: float = 3.0):
     return y.astype(np.float32), PoseSequence(lm, width=400, height=400), env
 
 
-def test_learned_model_overfits_tiny_pairs_and_then_drives_the_mouth(tmp_path, reference):
-    from facepose.pose.audio2pose_train import Audio2PoseTrainConfig, load_checkpoint_payload, train_audio2pose
+def write_curated(prefix, clips) -> str:
+    """A curated dataset in facepose.curate's layout (index/, poses/, audio/ with the curated log-mel,
+    _done/ markers) holding ``clips``: [(video_id, samples at 16 kHz, PoseSequence at 24 fps)], one clip
+    per video. -> the prefix."""
+    import json
 
-    pairs = [synthetic_pair(i)[:2] for i in range(3)]
-    cfg = Audio2PoseTrainConfig(output=str(tmp_path / "a2p.pt"), steps=60, batch_size=4, window=48, hidden=32,
-                                lr=5e-3, threads=1, log_every=0)
-    ckpt = train_audio2pose(pairs, cfg)
-    history = load_checkpoint_payload(ckpt)["history"]
-    assert len(history) == 60
-    assert np.mean(history[-10:]) < 0.2 * np.mean(history[:10])  # the loss falls
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from facepose import curate as cu
+
+    for kind in ("index", "poses", "audio", "_done"):
+        (prefix / kind).mkdir(parents=True, exist_ok=True)
+    for video_id, y, pose in clips:
+        clip_id, n = f"{video_id}_0000", len(pose)
+        mel, rms = cu.audio_features(y, n, 24.0, SR, 80)
+        pq.write_table(pose.to_table(extra={"clip_id": [clip_id] * n}), prefix / "poses" / f"{video_id}.parquet")
+        audio = pa.table({"clip_id": [clip_id] * n, "frame": pa.array(np.arange(n, dtype=np.int32)), "mel": cu._fixed(mel),
+                          "rms": pa.array(rms), "has_audio": [True] * n})
+        meta = {"facepose.fps": "24.0", "facepose.sample_rate": str(SR), "facepose.n_mels": "80", "facepose.features": cu.AUDIO_FEATURES}
+        pq.write_table(audio.replace_schema_metadata(meta), prefix / "audio" / f"{video_id}.parquet")
+        pq.write_table(pa.Table.from_pylist([{"video_id": video_id, "clip_id": clip_id, "status": "ok", "frames": n, "has_audio": True}]),
+                       prefix / "index" / f"{video_id}.parquet")
+        (prefix / "_done" / f"{video_id}.json").write_text(json.dumps({"video_id": video_id, "status": "ok"}))
+    return str(prefix)
+
+
+def train_locally(tmp_path, dataset: str, *overrides: str) -> tuple[str, list]:
+    """``facepose train audio2pose`` 's own loop (facepose.train.step.fit with the Audio2Pose task) in this
+    process -> (the last checkpoint's audio2pose folder, the metric rows)."""
+    from facepose.train.config import load_train_config
+    from facepose.train.step import AUDIO2POSE_DIR, LocalSession, fit
+
+    import torch
+
+    cfg = load_train_config(["audio2pose"], [f"data.dataset={dataset}", *overrides])
+    session = LocalSession(tmp_path / "run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model trains faster on one thread than on two contended ones
+    try:
+        fit(cfg, session)
+    finally:
+        torch.set_num_threads(threads)
+    last = sorted((tmp_path / "run").glob("checkpoint_*"))[-1]
+    return str(last / AUDIO2POSE_DIR), session.reports
+
+
+def test_learned_model_overfits_tiny_clips_through_the_one_trainer_and_drives_the_mouth(tmp_path, reference):
+    dataset = write_curated(tmp_path / "ds", [(f"v{i}", *synthetic_pair(i)[:2]) for i in range(3)])
+    ckpt, reports = train_locally(tmp_path, dataset, "steps=60", "batch_size=4", "audio2pose.window=48", "audio2pose.hidden=32",
+                                  "optim.lr=5e-3", "optim.warmup_steps=5", "log_every=10", "checkpoint_every=60")
+    losses = [r["loss"] for r in reports]
+    assert len(losses) == 6 and losses[-1] < 0.2 * losses[0]  # the loss falls
+    # a save_pretrained folder: config.json and safetensors weights, no pickle
+    files = sorted(p.name for p in Path(ckpt).iterdir())
+    assert files == ["config.json", "diffusion_pytorch_model.safetensors"], files
 
     y, _, env = synthetic_pair(0)
     pose = audio_to_pose(y, reference, cfg=Audio2PoseConfig(checkpoint=ckpt))
@@ -143,34 +191,68 @@ def test_learned_model_overfits_tiny_pairs_and_then_drives_the_mouth(tmp_path, r
     assert mouth.max() > 0.1
 
 
-def test_missing_or_foreign_checkpoint_is_model_not_found(tmp_path, reference):
+class _Exploit:
+    """Unpickling this writes a file: what a pickle in a checkpoint could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_missing_foreign_or_pickled_checkpoint_is_model_not_found_and_runs_no_code(tmp_path, reference):
+    import torch
+
     y = np.zeros(SR, np.float32)
-    with pytest.raises(ModelNotFoundError, match="nowhere.pt"):
-        audio_to_pose(y, reference, cfg=Audio2PoseConfig(checkpoint=str(tmp_path / "nowhere.pt")))
-    other = tmp_path / "other.pt"
-    other.write_bytes(b"not a checkpoint")
-    with pytest.raises(FaceposeError, match="other.pt"):
+    with pytest.raises(ModelNotFoundError, match="nowhere.*facepose train audio2pose"):
+        audio_to_pose(y, reference, cfg=Audio2PoseConfig(checkpoint=str(tmp_path / "nowhere")))
+    pickled = tmp_path / "audio2pose.pt"
+    torch.save({"payload": _Exploit(tmp_path / "pwned")}, pickled)
+    with pytest.raises(ModelNotFoundError, match="audio2pose.pt is a file"):
+        audio_to_pose(y, reference, cfg=Audio2PoseConfig(checkpoint=str(pickled)))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(FaceposeError, match="other holds a UNet2DModel"):
         audio_to_pose(y, reference, cfg=Audio2PoseConfig(checkpoint=str(other)))
+    assert not (tmp_path / "pwned").exists()
 
 
-def test_training_reads_pairs_from_a_curated_dataset(tmp_path):
-    """The curated layout (poses/<video>.parquet with clip_id rows, clips/<video>/<clip>.mp4 with audio)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def test_training_state_is_read_without_unpickling_code(tmp_path):
+    import torch
 
-    from facepose.media.video import write_video
-    from facepose.pose.audio2pose_train import Audio2PoseTrainConfig, curated_pairs, load_checkpoint_payload, train_audio2pose
+    from facepose.errors import InputError
+    from facepose.train.step import STATE_FILE, read_state
 
-    tables = []
-    for k in range(2):
-        y, pose, _ = synthetic_pair(k, seconds=2.0)
-        clip_id = f"vid_{k:04d}"
-        write_video(str(tmp_path / "clips" / "vid" / f"{clip_id}.mp4"), np.zeros((len(pose), 64, 64, 3), np.uint8), audio=y)
-        tables.append(pose.to_table(extra={"clip_id": [clip_id] * len(pose)}))
-    (tmp_path / "poses").mkdir()
-    pq.write_table(pa.concat_tables(tables), tmp_path / "poses" / "vid.parquet")
-    pairs = curated_pairs(str(tmp_path))
-    assert [p[0].rsplit("/", 1)[-1] for p in pairs] == ["vid_0000.mp4", "vid_0001.mp4"]
-    assert all(len(p[1]) == 48 for p in pairs)
-    cfg = Audio2PoseTrainConfig(output=str(tmp_path / "a2p.pt"), steps=3, batch_size=2, window=24, hidden=8, threads=1, log_every=0)
-    assert len(load_checkpoint_payload(train_audio2pose(pairs, cfg))["history"]) == 3
+    torch.save({"format": "facepose.train/1", "payload": _Exploit(tmp_path / "pwned")}, tmp_path / STATE_FILE)
+    with pytest.raises(InputError, match="state.pt is not a facepose training checkpoint"):
+        read_state(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+# -- one front end ---------------------------------------------------------------------------------
+def test_features_in_blocks_equal_one_pass(speech_wav):
+    from facepose.media.audio import load_audio
+    from facepose.pose.audio_features import audio_features as front_end
+
+    y = load_audio(str(speech_wav), sr=SR)
+    whole = front_end(y, block_frames=10**6)
+    for block in (7, 50):
+        parts = front_end(y, block_frames=block)
+        assert parts.frames == whole.frames
+        for name in ("rms_db", "flatness", "centroid", "formant_balance", "voicing", "log_mel"):
+            np.testing.assert_allclose(getattr(parts, name), getattr(whole, name), rtol=1e-5, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(parts.f0, whole.f0, rtol=1e-4, equal_nan=True)
+
+
+def test_curated_features_are_what_inference_computes(speech_wav):
+    """Curation stores the features a learned model is trained on; inference must compute the same."""
+    from facepose import curate as cu
+    from facepose.media.audio import load_audio
+
+    y = load_audio(str(speech_wav), sr=SR)
+    feat = audio_features(y, SR, n_mels=80)
+    mel, rms = cu.audio_features(y, feat.frames, 24.0, SR, 80)
+    np.testing.assert_array_equal(mel, feat.log_mel)
+    np.testing.assert_allclose(rms, feat.rms, rtol=1e-6)

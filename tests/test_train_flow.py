@@ -196,7 +196,7 @@ def test_audio2pose_trains_through_the_same_flow(dataset, tmp_path, astronaut, s
     ])
     assert summary["kind"] == "audio2pose" and summary["steps"] == 30 and summary["workers"] == 2
     assert summary["loss_last"] < 0.8 * summary["loss_first"], [r["loss"] for r in summary["history"]]
-    assert summary["model"] == f"{tmp_path}/runs/a2p/checkpoint_00000030/audio2pose.pt"
+    assert summary["model"] == f"{tmp_path}/runs/a2p/checkpoint_00000030/audio2pose"
     # audio_to_pose drives a reference with the trained checkpoint
     pose = audio_to_pose(speech_16k[:16000 * 2], crop_face(astronaut).landmarks, cfg=Audio2PoseConfig(checkpoint=summary["model"]))
     assert len(pose) == 48 and pose.meta["audio2pose"] == "learned" and np.isfinite(pose.landmarks).all()

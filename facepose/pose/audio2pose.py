@@ -1,9 +1,8 @@
 """Audio2Pose: speech audio to a 24 fps pose sequence exactly as long as the audio.
 
-Two models share the audio front end (:func:`audio_features`): frame ``k`` of the output is the
-analysis window centred on ``(k + 0.5) / fps`` seconds, so the hop is exactly ``sr / fps`` samples
-(666.67 at 16 kHz: window starts are rounded per frame, never accumulated) and there are exactly
-``round(fps * duration)`` frames.
+Two models share the audio front end (:func:`facepose.pose.audio_features.audio_features`, also what
+curation stores and training reads): frame ``k`` of the output is the analysis window centred on
+``(k + 0.5) / fps`` seconds, and there are exactly ``round(fps * duration)`` frames.
 
 - The **signal model** (default, no weights): the loudness envelope (dB, gated against a noise floor)
   opens the jaw; the balance of the second-formant band against the first (spectral shape) sets lip
@@ -13,7 +12,8 @@ analysis window centred on ``(k + 0.5) / fps`` seconds, so the hop is exactly ``
 - The **learned model** (``audio2pose_train.Audio2PoseNet``): a small temporal network (1D convolutions and a
   bidirectional GRU) on log-mel frames predicting the 68 points' offsets (model units, relative to a rest
   frame, as :mod:`facepose.pose.retarget` decomposes motion) and the head pose. Trained by
-  :func:`facepose.pose.audio2pose_train.train_audio2pose`; used when ``Audio2PoseConfig.checkpoint`` is set.
+  ``facepose train audio2pose data.dataset=...`` on a curated dataset; used when
+  ``Audio2PoseConfig.checkpoint`` names its ``audio2pose`` folder.
 
 Both are applied to the reference's own landmarks, so its face shape is kept.
 """
@@ -27,103 +27,17 @@ from typing import Optional, Union
 
 import numpy as np
 
-from facepose.errors import InputError, MediaError
-from facepose.pose import face_model as fm
-from facepose.pose.sequence import PoseSequence
 from facepose.config import Audio2PoseConfig
+from facepose.errors import ConfigError, InputError, MediaError
+from facepose.pose import face_model as fm
+from facepose.pose.audio_features import FPS, N_MELS, SAMPLE_RATE, AudioFeatures, audio_features, n_frames
+from facepose.pose.sequence import PoseSequence
+
+__all__ = ["AudioFeatures", "audio_features", "audio_to_pose", "n_frames", "read_audio", "signal_track", "FPS", "SAMPLE_RATE"]
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-FPS = 24.0
-N_FFT = 1024  # 64 ms analysis window at 16 kHz
 HEAD_LIMITS = np.array([8.0, 6.0, 4.0])  # the signal model never turns the head further (yaw, pitch, roll degrees)
-
-
-# -- features --------------------------------------------------------------------------------------
-@dataclass
-class AudioFeatures:
-    """Per-frame features at ``fps``; every array has ``frames`` rows.
-
-    rms_db: loudness over one frame period (dB re. full scale RMS: a full-scale square wave is 0 dB,
-    a full-scale sine -3 dB); flatness: spectral
-    flatness in [0, 1]; centroid: spectral centroid in Hz; formant_balance: dB of the 1.2-3 kHz band minus
-    the 250-900 Hz band; f0: pitch in Hz (nan unvoiced); voicing: normalised autocorrelation peak in [0, 1];
-    log_mel: (frames, n_mels) log10 mel power.
-    """
-
-    rms_db: np.ndarray
-    flatness: np.ndarray
-    centroid: np.ndarray
-    formant_balance: np.ndarray
-    f0: np.ndarray
-    voicing: np.ndarray
-    log_mel: np.ndarray
-    fps: float = FPS
-
-    @property
-    def frames(self) -> int:
-        return int(self.rms_db.shape[0])
-
-
-def n_frames(samples: int, sr: int = SAMPLE_RATE, fps: float = FPS) -> int:
-    """Frames for ``samples`` of audio: round(fps * duration), halves up (as facepose.media.video counts)."""
-    return int(np.floor(samples * fps / sr + 0.5 + 1e-6))
-
-
-def frame_windows(y: np.ndarray, sr: int = SAMPLE_RATE, fps: float = FPS, n_fft: int = N_FFT) -> np.ndarray:
-    """y: (N,) -> (T, n_fft) windows centred on (k + 0.5) / fps seconds, zero-padded past the ends."""
-    T = n_frames(len(y), sr, fps)
-    centers = np.round((np.arange(T) + 0.5) * sr / fps).astype(np.int64)
-    pad = n_fft // 2 + 1
-    yp = np.concatenate([np.zeros(pad, np.float32), np.asarray(y, np.float32), np.zeros(pad + n_fft, np.float32)])
-    idx = centers[:, None] - n_fft // 2 + pad + np.arange(n_fft)[None, :]
-    return yp[idx]
-
-
-def audio_features(y: np.ndarray, sr: int = SAMPLE_RATE, fps: float = FPS, n_mels: int = 40) -> AudioFeatures:
-    """y: (N,) float32 mono at ``sr`` -> :class:`AudioFeatures` with round(fps * N / sr) frames."""
-    import librosa
-
-    y = np.asarray(y, np.float32)
-    T = n_frames(len(y), sr, fps)
-    if T == 0:
-        z = np.zeros(0, np.float32)
-        return AudioFeatures(z, z, z, z, z, z, np.zeros((0, n_mels), np.float32), fps)
-    frames = frame_windows(y, sr, fps)  # (T, n_fft)
-    # Loudness over one frame period (not the whole analysis window), so the envelope is sharp in time.
-    hop = sr / fps
-    core = frames[:, N_FFT // 2 - int(hop // 2): N_FFT // 2 + int(hop // 2)]
-    rms = np.sqrt(np.mean(core.astype(np.float64) ** 2, axis=1))
-    rms_db = 20 * np.log10(rms + 1e-9)
-
-    win = np.hanning(N_FFT).astype(np.float32)
-    spec = np.abs(np.fft.rfft(frames * win, axis=1)).T  # (n_fft/2+1, T) magnitude
-    power = spec.astype(np.float64) ** 2
-    flat = librosa.feature.spectral_flatness(S=spec + 1e-10, n_fft=N_FFT)[0]
-    centroid = librosa.feature.spectral_centroid(S=spec, sr=sr, n_fft=N_FFT)[0]
-    freqs = np.fft.rfftfreq(N_FFT, 1 / sr)
-    f1 = power[(freqs >= 250) & (freqs < 900)].sum(0)
-    f2 = power[(freqs >= 1200) & (freqs < 3000)].sum(0)
-    balance = 10 * np.log10(f2 + 1e-10) - 10 * np.log10(f1 + 1e-10)
-    mel = librosa.feature.melspectrogram(S=power, sr=sr, n_fft=N_FFT, n_mels=n_mels, fmax=sr / 2)
-    log_mel = np.log10(mel + 1e-8).T
-
-    # Voicing: the normalised autocorrelation peak in the speech pitch range (60-400 Hz lags).
-    ac = np.fft.irfft(power, axis=0)  # (n_fft, T)
-    lo, hi = int(sr / 400), int(sr / 60)
-    voicing = np.clip(ac[lo:hi].max(0) / np.maximum(ac[0], 1e-12), 0, 1)
-    # Pitch: YIN on the same frame grid (its frames are centred like ours when hop divides sr; resample).
-    yin_hop = 160
-    f0_fine = librosa.yin(y if len(y) >= 2048 else np.pad(y, (0, 2048 - len(y))), fmin=60, fmax=400, sr=sr,
-                          frame_length=2048, hop_length=yin_hop, center=True)
-    t_fine = np.arange(len(f0_fine)) * yin_hop / sr
-    t_out = (np.arange(T) + 0.5) / fps
-    f0 = np.interp(t_out, t_fine, f0_fine)
-    f0 = np.where((voicing > 0.45) & (rms_db > -50), f0, np.nan)
-    as32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-    return AudioFeatures(as32(rms_db), as32(flat), as32(centroid), as32(balance), as32(f0), as32(voicing),
-                         as32(log_mel), fps)
 
 
 # -- signal model ----------------------------------------------------------------------------------
@@ -323,10 +237,19 @@ def audio_to_pose(
         raise MediaError(f"{name}: audio is shorter than one frame (1/24 s)")
     if not np.isfinite(y).all():
         raise MediaError(f"{name}: audio contains NaN or inf samples")
-    feat = audio_features(y, cfg.sample_rate)
+    net = None
+    if cfg.checkpoint:
+        from facepose.pose.audio2pose_train import load_audio2pose
+
+        net = load_audio2pose(cfg.checkpoint, cfg.device)
+        if int(net.config.sample_rate) != cfg.sample_rate:
+            raise ConfigError(f"checkpoint {cfg.checkpoint} was trained on {net.config.sample_rate} Hz features; "
+                              f"set audio2pose.sample_rate={net.config.sample_rate}")
+    # The learned model reads the log-mel it was trained on (its own band count); the signal model the rest.
+    feat = audio_features(y, cfg.sample_rate, n_mels=int(net.config.n_mels) if net is not None else N_MELS)
     ref = fm.ReferenceFace.fit(np.asarray(reference_landmarks, np.float64), close_mouth=cfg.close_mouth)
     if cfg.checkpoint:
-        landmarks, head_pose = _learned_landmarks(feat, ref, cfg)
+        landmarks, head_pose = _learned_landmarks(feat, ref, net)
         model = "learned"
     else:
         track = signal_track(feat, cfg)
@@ -341,14 +264,11 @@ def audio_to_pose(
                         head_pose=np.asarray(head_pose, np.float32), source=uri or "audio", meta=meta)
 
 
-def _learned_landmarks(feat: AudioFeatures, ref: fm.ReferenceFace, cfg: Audio2PoseConfig) -> tuple[np.ndarray, np.ndarray]:
-    from facepose.pose.audio2pose_train import load_audio2pose
+def _learned_landmarks(feat: AudioFeatures, ref: fm.ReferenceFace, net) -> tuple[np.ndarray, np.ndarray]:
+    """An :class:`~facepose.pose.audio2pose_train.Audio2PoseNet` on the features -> landmarks (T, 68, 2), head pose (T, 3)."""
     from facepose.pose.retarget import Motion, apply_motion
 
-    model = load_audio2pose(cfg.checkpoint, cfg.device)
-    if feat.log_mel.shape[1] != model.n_mels:
-        raise InputError(f"checkpoint {cfg.checkpoint} expects {model.n_mels} mel bands, features have {feat.log_mel.shape[1]}")
-    off, hp = model.predict(feat.log_mel)
+    off, hp = net.predict(feat.log_mel)
     T = len(off)
     roll = np.deg2rad(hp[:, 2])
     R = np.stack([np.stack([np.cos(roll), -np.sin(roll)], -1), np.stack([np.sin(roll), np.cos(roll)], -1)], -2)

@@ -1,49 +1,65 @@
-"""The learned Audio2Pose model: network, training on (audio, landmarks) pairs, checkpoints.
+"""The learned Audio2Pose model: the network, what it learns (targets, loss, normalisation), the curated
+features it learns from, and its checkpoint folders.
+
+Training has one path: ``facepose train audio2pose data.dataset=<curated prefix>`` (``flows/train.py``
+starts Ray Train; each worker runs :func:`facepose.train.step.fit` with its ``Audio2PoseTask``, which
+uses the pieces here). The inputs are the curated dataset's own rows: ``audio/<video_id>.parquet`` holds
+each frame's log-mel (written by curation with :func:`facepose.pose.audio_features.audio_features`, the
+function inference runs on new speech) and ``poses/<video_id>.parquet`` its landmarks.
 
 Targets are what relative retargeting (:mod:`facepose.pose.retarget`) carries from a driver to a
 reference: each frame's non-rigid offsets of the 68 points in model units (half face widths) relative to
-the pair's rest frame (closed mouth, most frontal), plus the head pose (yaw and pitch fitted with the
+the clip's rest frame (closed mouth, most frontal), plus the head pose (yaw and pitch fitted with the
 face model, roll from the in-plane similarity) relative to the rest frame. So a model trained on any
 faces drives any reference, whose own face shape is kept.
 
-A checkpoint is one file (``torch.save``): the architecture config, weights, feature and target
-normalisation, and the loss history. :func:`load_audio2pose` reads it; ``Audio2PoseConfig.checkpoint``
-makes :func:`facepose.pose.audio2pose.audio_to_pose` use it.
+A checkpoint is a diffusers-style ``save_pretrained`` folder (``config.json`` + safetensors weights, the
+feature and target normalisation among them as buffers): loading it runs no pickled code.
+``audio2pose.checkpoint=<folder>`` makes :func:`facepose.pose.audio2pose.audio_to_pose` use it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
-from dataclasses import asdict, dataclass
-from typing import Optional, Sequence, Union
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from facepose import storage
-from facepose.errors import InputError, ModelNotFoundError
+from facepose.errors import InputError, ModelNotFoundError, PoseFormatError
 from facepose.pose import face_model as fm
-from facepose.pose.audio2pose import SAMPLE_RATE, AudioInput, audio_features, read_audio
+from facepose.pose.audio_features import FPS, SAMPLE_RATE
 from facepose.pose.retarget import decompose, pick_neutral
 from facepose.pose.sequence import PoseSequence
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "facepose.audio2pose/1"
-N_OUT = 68 * 2 + 3
+N_OUT = 68 * 2 + 3  # offsets (136) model units, yaw, pitch, roll degrees
+TRAIN_COMMAND = "facepose train audio2pose data.dataset=<curated dataset>"
 
 
-class Audio2PoseNet(nn.Module):
-    """log-mel (B, T, n_mels) normalised -> offsets (B, T, 68, 2), head_pose (B, T, 3), both normalised.
+class Audio2PoseNet(ModelMixin, ConfigMixin):
+    """log-mel (B, T, n_mels) as :func:`~facepose.pose.audio_features.audio_features` computes it ->
+    (B, T, 139) normalised targets (offsets / target_std, head pose / target_std).
 
     Two 1D convolutions (receptive field about 0.5 s), a bidirectional GRU for phrase context, a linear
-    head. ``config`` holds the architecture only and is saved with the weights."""
+    head. The feature and target normalisation are buffers, so they are saved with the weights;
+    ``sample_rate`` and ``fps`` record the features the model was trained on."""
 
-    def __init__(self, n_mels: int = 40, hidden: int = 128, kernel: int = 5, gru_layers: int = 1):
+    @register_to_config
+    def __init__(self, n_mels: int = 80, hidden: int = 128, kernel: int = 5, gru_layers: int = 1,
+                 sample_rate: int = SAMPLE_RATE, fps: float = FPS):
         super().__init__()
-        self.config = dict(n_mels=n_mels, hidden=hidden, kernel=kernel, gru_layers=gru_layers)
         pad = kernel // 2
         self.conv = nn.Sequential(
             nn.Conv1d(n_mels, hidden, kernel, padding=pad), nn.GELU(),
@@ -51,57 +67,30 @@ class Audio2PoseNet(nn.Module):
         )
         self.gru = nn.GRU(hidden, hidden, num_layers=gru_layers, batch_first=True, bidirectional=True)
         self.head = nn.Linear(2 * hidden, N_OUT)
+        self.register_buffer("mel_mean", torch.zeros(n_mels))
+        self.register_buffer("mel_std", torch.ones(n_mels))
+        self.register_buffer("target_std", torch.ones(N_OUT))
 
-    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.conv(mel.transpose(1, 2)).transpose(1, 2)  # (B, T, M) -> (B, T, H)
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        x = (log_mel - self.mel_mean) / self.mel_std
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, M) -> (B, T, H)
         h, _ = self.gru(h)  # (B, T, 2H)
-        out = self.head(h)  # (B, T, 139)
-        B, T = out.shape[:2]
-        return out[..., :136].reshape(B, T, 68, 2), out[..., 136:]
+        return self.head(h)  # (B, T, 139)
 
+    def set_normalisation(self, mel_mean: np.ndarray, mel_std: np.ndarray, target_std: np.ndarray) -> None:
+        with torch.no_grad():
+            for name, value in (("mel_mean", mel_mean), ("mel_std", mel_std), ("target_std", target_std)):
+                getattr(self, name).copy_(torch.as_tensor(np.asarray(value, np.float32)))
 
-@dataclass
-class Audio2PoseTrainConfig:
-    output: str = "audio2pose.pt"  # checkpoint path or URI
-    steps: int = 2000
-    batch_size: int = 16
-    window: int = 96  # frames per training crop (4 s at 24 fps)
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    hidden: int = 128
-    n_mels: int = 40
-    seed: int = 0
-    device: str = "cpu"
-    threads: Optional[int] = None  # CPU threads for torch while training (None: torch's default); small
-    # models train faster on 1 thread than on 2 contended ones
-    log_every: int = 100
-
-
-@dataclass
-class LearnedAudio2Pose:
-    """A loaded checkpoint: the network plus the normalisation it was trained with."""
-
-    net: Audio2PoseNet
-    mel_mean: np.ndarray
-    mel_std: np.ndarray
-    target_std: np.ndarray  # (139,)
-    n_mels: int
-    device: str = "cpu"
-
+    @torch.no_grad()
     def predict(self, log_mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log_mel: (T, n_mels) -> offsets (T, 68, 2) model units, head_pose (T, 3) degrees."""
-        x = (np.asarray(log_mel, np.float32) - self.mel_mean) / self.mel_std
-        with torch.no_grad():
-            off, hp = self.net(torch.from_numpy(x)[None].to(self.device))
-        off = off[0].cpu().numpy().reshape(-1, 136) * self.target_std[:136]
-        hp = hp[0].cpu().numpy() * self.target_std[136:]
-        return off.reshape(-1, 68, 2), hp
+        x = torch.as_tensor(np.asarray(log_mel, np.float32))[None].to(self.device)
+        out = (self(x)[0] * self.target_std).cpu().numpy()  # (T, 139)
+        return out[:, :136].reshape(-1, 68, 2), out[:, 136:]
 
 
-# -- data --------------------------------------------------------------------------------------------
-Pair = tuple[AudioInput, Union[PoseSequence, str, os.PathLike]]
-
-
+# -- what it learns --------------------------------------------------------------------------------
 def pair_targets(pose: PoseSequence) -> tuple[np.ndarray, np.ndarray]:
     """pose at 24 fps -> targets (T, 139) [offsets (136) model units, yaw, pitch, roll degrees], mask (T,) bool."""
     n = pick_neutral(pose, "auto")
@@ -117,172 +106,183 @@ def pair_targets(pose: PoseSequence) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.float32), pose.visible.copy()
 
 
-def prepare_pairs(pairs: Sequence[Pair], n_mels: int = 40) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """-> [(log_mel (T, n_mels), targets (T, 139), mask (T,))] with audio and landmarks cut to a common length."""
-    out = []
-    for i, (audio, pose) in enumerate(pairs):
-        if not isinstance(pose, PoseSequence):
-            pose = PoseSequence.load(os.fspath(pose))
-        pose = pose.resample(24.0)
-        y, uri = read_audio(audio, SAMPLE_RATE)
-        mel = audio_features(y, SAMPLE_RATE, n_mels=n_mels).log_mel
-        name = uri or f"pair {i}"
-        if abs(len(mel) - len(pose)) > 2:
-            log.warning("%s: audio has %d frames, landmarks %d; using the common part", name, len(mel), len(pose))
-        T = min(len(mel), len(pose))
-        if T < 8:
-            raise InputError(f"{name}: training pair too short ({T} frames); use clips of at least a second")
-        targets, mask = pair_targets(pose.slice(0, T))
-        out.append((mel[:T], targets, mask))
-    if not out:
-        raise InputError("train_audio2pose needs at least one (audio, landmarks) pair")
-    return out
+def example(log_mel: np.ndarray, pose: PoseSequence, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A clip's features (T, n_mels) and landmarks -> (log_mel, targets (T, 139), mask (T,)) of their
+    common length. InputError naming the clip when it is under 8 frames."""
+    pose = pose.resample(FPS)
+    if abs(len(log_mel) - len(pose)) > 2:
+        log.warning("%s: audio features have %d frames, landmarks %d; using the common part", name, len(log_mel), len(pose))
+    T = min(len(log_mel), len(pose))
+    if T < 8:
+        raise InputError(f"{name}: training clip too short ({T} frames); curate clips of at least a second")
+    targets, mask = pair_targets(pose.slice(0, T))
+    return np.asarray(log_mel[:T], np.float32), targets, mask
 
 
-def curated_pairs(prefix: str, limit: Optional[int] = None) -> list[tuple[str, PoseSequence]]:
-    """(clip mp4 URI, landmarks) pairs from a curated dataset under ``prefix`` (facepose.curate's layout:
-    ``poses/<video_id>.parquet`` frame rows with ``clip_id``, ``clips/<video_id>/<clip_id>.mp4`` with
-    the clip's audio, ``audio/<video_id>.parquet`` saying ``has_audio``). Clips without audio are skipped."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    pairs: list[tuple[str, PoseSequence]] = []
-    for uri in sorted(storage.listdir(storage.join(prefix, "poses"))):
-        if not uri.endswith(".parquet"):
-            continue
-        video_id = uri.rsplit("/", 1)[-1][: -len(".parquet")]
-        with storage.local_path(uri, suffix=".parquet") as path:
-            table = pq.read_table(path)
-        silent: set[str] = set()
-        audio_uri = storage.join(prefix, "audio", f"{video_id}.parquet")
-        if storage.exists(audio_uri):
-            with storage.local_path(audio_uri, suffix=".parquet") as path:
-                audio = pq.read_table(path, columns=["clip_id", "has_audio"]).to_pydict()
-            silent = {c for c, h in zip(audio["clip_id"], audio["has_audio"]) if not h}
-        for clip_id in pc.unique(table.column("clip_id")).to_pylist():
-            if clip_id in silent:
-                continue
-            rows = table.filter(pc.equal(table.column("clip_id"), clip_id))
-            pose = PoseSequence.from_table(rows, source=f"{uri}#{clip_id}")
-            pairs.append((storage.join(prefix, "clips", video_id, f"{clip_id}.mp4"), pose))
-            if limit is not None and len(pairs) >= limit:
-                return pairs
-    if not pairs:
-        raise InputError(f"no curated clips with audio under {prefix}; run the curate flow first (poses/, clips/)")
-    return pairs
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """pred, target: (B, T, 139) normalised; mask: (B, T) 1 where the face was seen -> the mean squared
+    error over the seen frames."""
+    m = mask[..., None]
+    return (((pred - target) ** 2) * m).sum() / (m.sum() * N_OUT).clamp(min=1.0)
 
 
-# -- training ----------------------------------------------------------------------------------------
-def train_audio2pose(pairs: Sequence[Pair], cfg: Optional[Audio2PoseTrainConfig] = None) -> str:
-    """Fit :class:`Audio2PoseNet` on curated (audio, landmarks) pairs and write the checkpoint.
-
-    pairs: (audio URI or 16 kHz samples, PoseSequence or pose Parquet URI) with the landmarks aligned to
-    the audio (frame k at k / fps seconds), e.g. :func:`curated_pairs`. -> ``cfg.output``. Masked MSE on normalised targets, AdamW,
-    random crops of ``cfg.window`` frames; the per-step loss history is saved in the checkpoint.
-    """
-    cfg = cfg or Audio2PoseTrainConfig()
-    data = prepare_pairs(pairs, cfg.n_mels)
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        net, mel_mean, mel_std, target_std, history = _fit(data, cfg)
-    finally:
-        torch.set_num_threads(threads)
-    save_checkpoint(cfg.output, net, mel_mean, mel_std, target_std, history, train_config=asdict(cfg))
-    return cfg.output
+def normalisation_sums(data: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_mels: int) -> torch.Tensor:
+    """Sums over ``[(log_mel, targets, mask)]`` from which :func:`normalisation` derives the statistics
+    (sums add across data-parallel workers: all-reduce them before)."""
+    sums = torch.zeros(2 + 2 * n_mels + 2 * N_OUT, dtype=torch.float64)
+    for mel, tgt, mask in data:
+        mel = mel.astype(np.float64)
+        t = tgt[mask].astype(np.float64)
+        sums[0] += len(mel)
+        sums[1] += len(t)
+        sums[2:2 + n_mels] += torch.from_numpy(mel.sum(0))
+        sums[2 + n_mels:2 + 2 * n_mels] += torch.from_numpy((mel ** 2).sum(0))
+        sums[2 + 2 * n_mels:2 + 2 * n_mels + N_OUT] += torch.from_numpy(t.sum(0))
+        sums[2 + 2 * n_mels + N_OUT:] += torch.from_numpy((t ** 2).sum(0))
+    return sums
 
 
-def _fit(data: list, cfg: Audio2PoseTrainConfig) -> tuple:
-    """The training loop: -> (net, mel_mean, mel_std, target_std, history)."""
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
+def normalisation(sums: torch.Tensor, n_mels: int, dataset: str = "the dataset") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (mel_mean (n_mels,), mel_std (n_mels,), target_std (139,)): per-band feature statistics; one
+    scale shared by the 136 offsets (they are one geometry) and one per head angle (at least 0.5 degrees)."""
+    s = sums.numpy()
+    n_mel, n_tgt = float(s[0]), float(s[1])
+    if n_mel == 0 or n_tgt == 0:
+        raise InputError(f"no usable clip with audio in curated dataset {dataset}")
+    mel_mean = s[2:2 + n_mels] / n_mel
+    mel_std = np.sqrt(np.maximum(s[2 + n_mels:2 + 2 * n_mels] / n_mel - mel_mean ** 2, 0)) + 1e-3
+    t_sum, t_sq = s[2 + 2 * n_mels:2 + 2 * n_mels + N_OUT], s[2 + 2 * n_mels + N_OUT:]
+    off_mean = t_sum[:136].sum() / (n_tgt * 136)
+    off_std = math.sqrt(max(t_sq[:136].sum() / (n_tgt * 136) - off_mean ** 2, 0))
+    hp_std = np.sqrt(np.maximum(t_sq[136:] / n_tgt - (t_sum[136:] / n_tgt) ** 2, 0))
+    target_std = np.concatenate([np.full(136, max(off_std, 1e-3)), np.maximum(hp_std, 0.5)])
+    return mel_mean.astype(np.float32), mel_std.astype(np.float32), target_std.astype(np.float32)
 
-    mel_all = np.concatenate([m for m, _, _ in data])
-    tgt_all = np.concatenate([t[k] for _, t, k in data])
-    mel_mean = mel_all.mean(0)
-    mel_std = mel_all.std(0) + 1e-3
-    target_std = np.concatenate([np.full(136, max(float(tgt_all[:, :136].std()), 1e-3)),
-                                 np.maximum(tgt_all[:, 136:].std(0), 0.5)]).astype(np.float32)
 
-    net = Audio2PoseNet(n_mels=cfg.n_mels, hidden=cfg.hidden).to(cfg.device)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.1)
-    window = min(cfg.window, min(len(m) for m, _, _ in data))
-    history: list[float] = []
-    net.train()
-    for step in range(cfg.steps):
-        xs, ys, ms = [], [], []
-        for _ in range(cfg.batch_size):
-            mel, tgt, mask = data[rng.integers(len(data))]
-            s = int(rng.integers(0, len(mel) - window + 1))
-            xs.append((mel[s:s + window] - mel_mean) / mel_std)
-            ys.append(tgt[s:s + window] / target_std)
-            ms.append(mask[s:s + window])
-        x = torch.from_numpy(np.stack(xs).astype(np.float32)).to(cfg.device)
-        y = torch.from_numpy(np.stack(ys).astype(np.float32)).to(cfg.device)
-        m = torch.from_numpy(np.stack(ms).astype(np.float32)).to(cfg.device)[..., None]
-        off, hp = net(x)
-        pred = torch.cat([off.flatten(2), hp], dim=-1)  # (B, T, 139)
-        loss = (((pred - y) ** 2) * m).sum() / (m.sum() * N_OUT).clamp(min=1.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        history.append(float(loss.item()))
-        if cfg.log_every and (step + 1) % cfg.log_every == 0:
-            log.info("audio2pose step %d/%d loss %.4f", step + 1, cfg.steps, np.mean(history[-cfg.log_every:]))
-    net.eval()
-    return net, mel_mean, mel_std, target_std, history
+# -- curated features --------------------------------------------------------------------------------
+class AudioShards:
+    """Per-clip log-mel features read from a curated dataset's ``audio/<video_id>.parquet``, a few
+    shards cached. Every shard must hold the features of one front end (its metadata says which)."""
+
+    def __init__(self, prefix: str, cache: int = 16):
+        self.prefix = prefix
+        self.cache = cache
+        self._tables: OrderedDict[str, object] = OrderedDict()
+
+    def uri(self, video_id: str) -> str:
+        from facepose import curate as cu
+
+        return cu.shard_uri(self.prefix, "audio", video_id)
+
+    def meta(self, video_id: str) -> dict[str, str]:
+        """The shard's ``facepose.*`` metadata (fps, sample_rate, n_mels, features)."""
+        table = self._table(video_id)
+        return {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+
+    def n_mels(self, video_id: str) -> int:
+        meta = self.meta(video_id)
+        if "facepose.n_mels" not in meta or "facepose.sample_rate" not in meta:
+            raise PoseFormatError(f"{self.uri(video_id)} has no audio feature metadata; recurate {video_id}")
+        return int(meta["facepose.n_mels"])
+
+    def get(self, video_id: str, clip_id: str) -> np.ndarray:
+        """-> the clip's log-mel (T, n_mels), frame 0 first. PoseFormatError when missing."""
+        import pyarrow.compute as pc
+
+        table = self._table(video_id)
+        meta = self.meta(video_id)
+        if int(meta.get("facepose.sample_rate", 0)) != SAMPLE_RATE or float(meta.get("facepose.fps", 0)) != FPS:
+            raise PoseFormatError(f"{self.uri(video_id)}: features at {meta.get('facepose.sample_rate')} Hz, "
+                                  f"{meta.get('facepose.fps')} fps; Audio2Pose trains on {SAMPLE_RATE} Hz, {FPS:g} fps "
+                                  f"(recurate with curate.sample_rate={SAMPLE_RATE})")
+        rows = table.filter(pc.equal(table.column("clip_id"), clip_id))
+        if rows.num_rows == 0:
+            raise PoseFormatError(f"no audio feature rows for clip {clip_id} in {self.uri(video_id)}")
+        order = np.argsort(rows.column("frame").to_numpy())
+        mel = rows.column("mel").combine_chunks().flatten().to_numpy().reshape(rows.num_rows, -1)
+        return np.ascontiguousarray(mel[order], np.float32)
+
+    def _table(self, video_id: str):
+        import io
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = self._tables.get(video_id)
+        if table is None:
+            uri = self.uri(video_id)
+            try:
+                table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+            except (pa.ArrowInvalid, OSError) as e:
+                raise PoseFormatError(f"{uri} is not a readable Parquet file ({str(e).splitlines()[0][:120]})") from None
+            self._tables[video_id] = table
+            while len(self._tables) > self.cache:
+                self._tables.popitem(last=False)
+        self._tables.move_to_end(video_id)
+        return table
 
 
 # -- checkpoints -------------------------------------------------------------------------------------
-def save_checkpoint(uri: str, net: Audio2PoseNet, mel_mean: np.ndarray, mel_std: np.ndarray,
-                    target_std: np.ndarray, history: Sequence[float], train_config: Optional[dict] = None) -> None:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": dict(net.config),
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "mel_mean": np.asarray(mel_mean, np.float32),
-        "mel_std": np.asarray(mel_std, np.float32),
-        "target_std": np.asarray(target_std, np.float32),
-        "history": [float(h) for h in history],
-        "train_config": train_config or {},
-    }
-    with storage.writer(uri, suffix=".pt") as path:
-        torch.save(payload, path)
+def save_audio2pose(net: Audio2PoseNet, uri: str) -> None:
+    """Write ``net`` as a ``save_pretrained`` folder (config.json + safetensors) at a path or URI."""
+    if not storage.is_remote(uri):
+        net.save_pretrained(storage.parse(uri).path, safe_serialization=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="facepose-a2p-") as tmp:
+        net.save_pretrained(tmp, safe_serialization=True)
+        for path in sorted(Path(tmp).iterdir()):
+            storage.upload(path, storage.join(uri, path.name))
 
 
-def load_checkpoint_payload(uri: str) -> dict:
-    """The checkpoint dict: ``config``, ``state_dict``, normalisation, ``history``, ``train_config``."""
-    if not storage.exists(uri):
-        raise ModelNotFoundError(f"audio2pose checkpoint {uri} not found; train one with train_audio2pose "
-                                 f"or unset audio2pose.checkpoint to use the signal model")
-    with storage.local_path(uri, suffix=".pt") as path:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - whatever torch says, the fix is the same
-            raise ModelNotFoundError(f"audio2pose checkpoint {uri} is not readable ({type(e).__name__}); "
-                                     f"retrain it with train_audio2pose") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ModelNotFoundError(f"{uri} is not an audio2pose checkpoint (train one with train_audio2pose)")
-    return payload
+def _not_found(uri: str, why: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"audio2pose checkpoint {uri} {why}; train one with `{TRAIN_COMMAND}` and pass its "
+                              f"checkpoint_*/audio2pose folder, or unset audio2pose.checkpoint to use the signal model")
 
 
-_loaded: dict[tuple, LearnedAudio2Pose] = {}
+def _local_folder(uri: str, tmp: str) -> Path:
+    """A local folder with the checkpoint's files: the folder itself, or its objects downloaded."""
+    if not storage.is_remote(uri):
+        path = Path(storage.parse(uri).path)
+        if not path.exists():
+            raise _not_found(uri, "not found")
+        if not path.is_dir():
+            raise _not_found(uri, "is a file, not a save_pretrained folder (config.json + safetensors)")
+        return path
+    prefix = uri.rstrip("/")
+    objects = list(storage.listdir(prefix))
+    if not objects:
+        raise _not_found(uri, "not found")
+    for obj in objects:
+        dst = Path(tmp) / obj[len(prefix) + 1:]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        storage.download(obj, dst)
+    return Path(tmp)
 
 
-def load_audio2pose(uri: str, device: str = "cpu") -> LearnedAudio2Pose:
-    """Load (and cache per process) a checkpoint written by :func:`train_audio2pose`."""
+_loaded: dict[tuple, Audio2PoseNet] = {}
+
+
+def load_audio2pose(uri: str | os.PathLike, device: str = "cpu") -> Audio2PoseNet:
+    """Load (and cache per process) an Audio2Pose ``save_pretrained`` folder (path or URI), in eval mode.
+    ModelNotFoundError naming ``uri`` when it is missing or not an Audio2Pose folder."""
     uri = os.fspath(uri)
-    stamp = os.path.getmtime(uri) if not storage.is_remote(uri) and os.path.exists(uri) else None
+    stamp = None
+    if not storage.is_remote(uri):
+        cfg_file = Path(storage.parse(uri).path) / "config.json"
+        stamp = cfg_file.stat().st_mtime if cfg_file.is_file() else None
     key = (uri, device, stamp)
     if key not in _loaded:
-        p = load_checkpoint_payload(os.fspath(uri))
-        net = Audio2PoseNet(**p["config"])
-        net.load_state_dict(p["state_dict"])
-        net.eval().to(device)
-        _loaded[key] = LearnedAudio2Pose(net=net, mel_mean=p["mel_mean"], mel_std=p["mel_std"],
-                                         target_std=p["target_std"], n_mels=int(p["config"]["n_mels"]), device=device)
+        with tempfile.TemporaryDirectory(prefix="facepose-a2p-") as tmp:
+            folder = _local_folder(uri, tmp)
+            try:
+                config = json.loads((folder / "config.json").read_text())
+            except (OSError, ValueError):
+                raise _not_found(uri, "has no readable config.json") from None
+            if config.get("_class_name") != Audio2PoseNet.__name__:
+                raise _not_found(uri, f"holds a {config.get('_class_name') or 'model of unknown kind'}, not an Audio2PoseNet")
+            try:
+                net = Audio2PoseNet.from_pretrained(str(folder), use_safetensors=True)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise _not_found(uri, f"is not readable ({str(e).splitlines()[0][:160]})") from None
+        _loaded[key] = net.eval().to(device)
     return _loaded[key]

@@ -76,8 +76,7 @@ class DiffusionConfig:
 class Audio2PoseSection:
     """The learned Audio2Pose network (facepose.pose.audio2pose_train.Audio2PoseNet)."""
 
-    hidden: int = 128
-    n_mels: int = 40
+    hidden: int = 128  # (its mel bands are the curated dataset's: curate.n_mels)
     window: int = 96  # frames per training crop (4 s at 24 fps)
 
 

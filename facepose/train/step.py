@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import math
+import pickle
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 PIPELINE_DIR = "pipeline"
-AUDIO2POSE_FILE = "audio2pose.pt"
+AUDIO2POSE_DIR = "audio2pose"  # the Audio2PoseNet save_pretrained folder of a checkpoint
 STATE_FORMAT = "facepose.train/1"
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -415,13 +416,15 @@ class DiffusionTask:
 
 
 class Audio2PoseTask:
-    """The learned Audio2Pose network on the curated dataset's clips with audio (their AAC tracks and
-    poses); each worker loads its share of the clips, the normalisation is computed over all of them."""
+    """The learned Audio2Pose network on the curated dataset's clips with audio: their curated log-mel
+    rows (``audio/``) and landmarks (``poses/``); each worker loads its share of the clips, the
+    normalisation is computed over all of them (:mod:`facepose.pose.audio2pose_train` holds the model,
+    the loss and the normalisation)."""
 
     kind = "audio2pose"
 
     def __init__(self, cfg: TrainConfig, session: Session, checkpoint: Optional[Path], clips: Optional[list] = None):
-        from facepose.pose.audio2pose_train import Audio2PoseNet, load_checkpoint_payload
+        from facepose.pose import audio2pose_train as a2p
         from facepose.train.dataset import audio_pairs, read_clips
 
         self.cfg, self.session = cfg, session
@@ -430,60 +433,40 @@ class Audio2PoseTask:
         mine = clips[session.rank::session.world_size] if len(clips) >= session.world_size else clips
         pairs, skipped = audio_pairs(cfg.data.dataset, mine)  # no clip with audio: InputError
         self.skipped = set(skipped)
-        self.data = self._prepare(pairs)
-        self.net = Audio2PoseNet(n_mels=a.n_mels, hidden=a.hidden)
-        self.losses: list[float] = []
+        self.features = a2p.AudioShards(cfg.data.dataset)
+        n_mels = self.features.n_mels(clips[0].video_id)  # the same on every worker: the dataset's front end
+        self.data = self._prepare(pairs, n_mels)
         if checkpoint is not None:
-            p = load_checkpoint_payload(str(checkpoint / AUDIO2POSE_FILE))
-            self.net.load_state_dict(p["state_dict"])
-            self.losses = list(p.get("history", []))
-            self.mel_mean, self.mel_std, self.target_std = p["mel_mean"], p["mel_std"], p["target_std"]
+            self.net = a2p.load_audio2pose(str(checkpoint / AUDIO2POSE_DIR)).train()
+            if self.net.config.n_mels != n_mels:
+                raise ConfigError(f"checkpoint {checkpoint} was trained on {self.net.config.n_mels} mel bands, "
+                                  f"curated dataset {cfg.data.dataset} has {n_mels}")
         else:
-            self.mel_mean, self.mel_std, self.target_std = self._normalisation()
+            self.net = a2p.Audio2PoseNet(n_mels=n_mels, hidden=a.hidden)
+            sums = a2p.normalisation_sums(self.data, n_mels)
+            if _dist():
+                torch.distributed.all_reduce(sums)
+            self.net.set_normalisation(*a2p.normalisation(sums, n_mels, cfg.data.dataset))
         self.net.to(session.device).train()
         self.parameters = list(self.net.parameters())
         self.window = max(8, min(a.window, min((len(m) for m, _, _ in self.data), default=a.window)))
 
-    def _prepare(self, pairs: list) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        from facepose.pose.audio2pose_train import prepare_pairs
+    def _prepare(self, pairs: list, n_mels: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        from facepose.pose.audio2pose_train import example
 
         data = []
         for clip, pose in pairs:
             try:
-                data.extend(prepare_pairs([(clip.uri, pose)], self.cfg.audio2pose.n_mels))
+                mel = self.features.get(clip.video_id, clip.clip_id)
+                if mel.shape[1] != n_mels:
+                    raise InputError(f"clip {clip.clip_id} has {mel.shape[1]} mel bands, the dataset's first {n_mels}; recurate {clip.video_id}")
+                data.append(example(mel, pose, clip.clip_id))
             except FaceposeError as e:
                 self.skipped.add(clip.clip_id)
                 log.warning("skipping clip %s: %s", clip.clip_id, e)
         if not data and not _dist():
             raise InputError(f"no usable clip with audio in curated dataset {self.cfg.data.dataset}")
         return data
-
-    def _normalisation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Feature mean/std and target scale over every worker's clips (as audio2pose_train computes them)."""
-        n_mels = self.cfg.audio2pose.n_mels
-        sums = torch.zeros(2 + 2 * n_mels + 2 * 139, dtype=torch.float64)
-        for mel, tgt, mask in self.data:
-            t = tgt[mask].astype(np.float64)
-            sums[0] += len(mel)
-            sums[1] += len(t)
-            sums[2:2 + n_mels] += torch.from_numpy(mel.sum(0).astype(np.float64))
-            sums[2 + n_mels:2 + 2 * n_mels] += torch.from_numpy((mel.astype(np.float64) ** 2).sum(0))
-            sums[2 + 2 * n_mels:2 + 2 * n_mels + 139] += torch.from_numpy(t.sum(0))
-            sums[2 + 2 * n_mels + 139:] += torch.from_numpy((t ** 2).sum(0))
-        if _dist():
-            torch.distributed.all_reduce(sums)
-        n_mel, n_tgt = float(sums[0]), float(sums[1])
-        if n_mel == 0 or n_tgt == 0:
-            raise InputError(f"no usable clip with audio in curated dataset {self.cfg.data.dataset}")
-        s = sums.numpy()
-        mel_mean = s[2:2 + n_mels] / n_mel
-        mel_std = np.sqrt(np.maximum(s[2 + n_mels:2 + 2 * n_mels] / n_mel - mel_mean ** 2, 0)) + 1e-3
-        t_sum, t_sq = s[2 + 2 * n_mels:2 + 2 * n_mels + 139], s[2 + 2 * n_mels + 139:]
-        off_mean = t_sum[:136].sum() / (n_tgt * 136)
-        off_std = math.sqrt(max(t_sq[:136].sum() / (n_tgt * 136) - off_mean ** 2, 0))
-        hp_std = np.sqrt(np.maximum(t_sq[136:] / n_tgt - (t_sum[136:] / n_tgt) ** 2, 0))
-        target_std = np.concatenate([np.full(136, max(off_std, 1e-3)), np.maximum(hp_std, 0.5)])
-        return mel_mean.astype(np.float32), mel_std.astype(np.float32), target_std.astype(np.float32)
 
     def batches(self, epoch: int) -> Iterator[tuple[int, dict[str, Any]]]:
         if not self.data:
@@ -495,31 +478,27 @@ class Audio2PoseTask:
                 mel, tgt, mask = self.data[int(rng.integers(len(self.data)))]
                 w = min(self.window, len(mel))
                 s = int(rng.integers(0, len(mel) - w + 1))
-                xs.append(((mel[s:s + w] - self.mel_mean) / self.mel_std)[: self.window])
-                ys.append((tgt[s:s + w] / self.target_std)[: self.window])
-                ms.append(mask[s:s + w][: self.window])
+                xs.append(mel[s:s + w])
+                ys.append(tgt[s:s + w])
+                ms.append(mask[s:s + w])
             w = min(len(x) for x in xs)
             yield epoch, {"mel": torch.from_numpy(np.stack([x[:w] for x in xs]).astype(np.float32)),
                           "target": torch.from_numpy(np.stack([y[:w] for y in ys]).astype(np.float32)),
                           "mask": torch.from_numpy(np.stack([k[:w] for k in ms]).astype(np.float32))}
 
     def forward_backward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, scaler: Any) -> tuple[float, int]:
-        from facepose.pose.audio2pose_train import N_OUT
+        from facepose.pose.audio2pose_train import masked_mse
 
         dev = self.session.device
-        x, y, m = batch["mel"].to(dev), batch["target"].to(dev), batch["mask"].to(dev)[..., None]
-        off, hp = model(x)
-        pred = torch.cat([off.flatten(2), hp], dim=-1)  # (B, T, 139)
-        loss = (((pred - y) ** 2) * m).sum() / (m.sum() * N_OUT).clamp(min=1.0)  # masked MSE, as audio2pose_train
+        x, y, m = batch["mel"].to(dev), batch["target"].to(dev), batch["mask"].to(dev)
+        loss = masked_mse(model(x), y / self.net.target_std, m)  # the model normalises its input itself
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        self.losses.append(float(loss.detach()))
         return float(loss.detach()), int(x.shape[0])
 
     def save(self, directory: Path) -> None:
-        from facepose.pose.audio2pose_train import save_checkpoint
+        from facepose.pose.audio2pose_train import save_audio2pose
 
-        save_checkpoint(str(directory / AUDIO2POSE_FILE), self.net, self.mel_mean, self.mel_std, self.target_std,
-                        self.losses, train_config=asdict(self.cfg))
+        save_audio2pose(self.net, str(directory / AUDIO2POSE_DIR))
 
     def validate(self, step: int, run_uri: Optional[str]) -> Optional[str]:
         return None
@@ -549,7 +528,10 @@ def read_state(directory: Path) -> dict[str, Any]:
     path = directory / STATE_FILE
     if not path.is_file():
         raise InputError(f"checkpoint {directory} has no {STATE_FILE}; pass a checkpoint folder written by facepose training")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no pickled code
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise InputError(f"{path} is not a facepose training checkpoint ({str(e).splitlines()[0][:120]})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise InputError(f"{path} is not a facepose training checkpoint")
     return state
