@@ -191,6 +191,25 @@ def test_learned_model_overfits_tiny_clips_through_the_one_trainer_and_drives_th
     assert mouth.max() > 0.1
 
 
+def test_a_run_resumes_from_its_checkpoint_folder(tmp_path):
+    dataset = write_curated(tmp_path / "ds", [(f"v{i}", *synthetic_pair(i)[:2]) for i in range(2)])
+    common = ("batch_size=2", "audio2pose.window=24", "audio2pose.hidden=8", "log_every=3", "checkpoint_every=3")
+    first, _ = train_locally(tmp_path, dataset, "steps=3", *common)
+    from facepose.pose.audio2pose_train import read_audio2pose
+
+    before = read_audio2pose(first).state_dict()
+    last, reports = train_locally(tmp_path, dataset, "steps=6", *common)  # the same run folder: resumes at step 3
+    assert last.endswith("checkpoint_00000006/audio2pose")
+    assert [r["step"] for r in reports] == [6] and reports[-1]["resumed_from"] == 3
+    after = read_audio2pose(last).state_dict()
+    assert all(torch_equal(before[k], after[k]) for k in ("mel_mean", "mel_std", "target_std"))  # normalisation kept
+    assert not torch_equal(before["head.weight"], after["head.weight"])  # and the weights trained on
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
 class _Exploit:
     """Unpickling this writes a file: what a pickle in a checkpoint could do."""
 
@@ -256,3 +275,20 @@ def test_curated_features_are_what_inference_computes(speech_wav):
     mel, rms = cu.audio_features(y, feat.frames, 24.0, SR, 80)
     np.testing.assert_array_equal(mel, feat.log_mel)
     np.testing.assert_allclose(rms, feat.rms, rtol=1e-6)
+
+
+def test_a_checkpoint_folder_round_trips_through_s3(s3):
+    import torch
+
+    from facepose.pose.audio2pose_train import Audio2PoseNet, load_audio2pose, save_audio2pose
+
+    torch.manual_seed(0)
+    net = Audio2PoseNet(n_mels=80, hidden=8).eval()
+    net.set_normalisation(np.full(80, -3.0), np.full(80, 2.0), np.full(139, 0.1))
+    save_audio2pose(net, f"{s3}/runs/a2p/audio2pose")
+    loaded = load_audio2pose(f"{s3}/runs/a2p/audio2pose")
+    mel = np.random.default_rng(0).normal(-3, 2, (30, 80)).astype(np.float32)
+    for a, b in zip(net.predict(mel), loaded.predict(mel)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ModelNotFoundError, match="runs/nothing not found"):
+        load_audio2pose(f"{s3}/runs/nothing")

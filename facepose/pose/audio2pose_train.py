@@ -272,17 +272,24 @@ def load_audio2pose(uri: str | os.PathLike, device: str = "cpu") -> Audio2PoseNe
         stamp = cfg_file.stat().st_mtime if cfg_file.is_file() else None
     key = (uri, device, stamp)
     if key not in _loaded:
-        with tempfile.TemporaryDirectory(prefix="facepose-a2p-") as tmp:
-            folder = _local_folder(uri, tmp)
-            try:
-                config = json.loads((folder / "config.json").read_text())
-            except (OSError, ValueError):
-                raise _not_found(uri, "has no readable config.json") from None
-            if config.get("_class_name") != Audio2PoseNet.__name__:
-                raise _not_found(uri, f"holds a {config.get('_class_name') or 'model of unknown kind'}, not an Audio2PoseNet")
-            try:
-                net = Audio2PoseNet.from_pretrained(str(folder), use_safetensors=True)
-            except (OSError, ValueError, RuntimeError) as e:
-                raise _not_found(uri, f"is not readable ({str(e).splitlines()[0][:160]})") from None
-        _loaded[key] = net.eval().to(device)
+        _loaded[key] = read_audio2pose(uri).eval().to(device)
     return _loaded[key]
+
+
+def read_audio2pose(uri: str | os.PathLike) -> Audio2PoseNet:
+    """An Audio2Pose ``save_pretrained`` folder (path or URI) -> a new Audio2PoseNet on the CPU (not
+    cached: training resumes from it). ModelNotFoundError naming ``uri`` when it is missing or not one."""
+    uri = os.fspath(uri)
+    with tempfile.TemporaryDirectory(prefix="facepose-a2p-") as tmp:
+        folder = _local_folder(uri, tmp)
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            raise _not_found(uri, "has no readable config.json") from None
+        if config.get("_class_name") != Audio2PoseNet.__name__:
+            raise _not_found(uri, f"holds a {config.get('_class_name') or 'model of unknown kind'}, not an Audio2PoseNet")
+        try:
+            net = Audio2PoseNet.from_pretrained(str(folder), use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise _not_found(uri, f"is not readable ({str(e).splitlines()[0][:160]})") from None
+    return net

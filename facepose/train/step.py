@@ -437,7 +437,7 @@ class Audio2PoseTask:
         n_mels = self.features.n_mels(clips[0].video_id)  # the same on every worker: the dataset's front end
         self.data = self._prepare(pairs, n_mels)
         if checkpoint is not None:
-            self.net = a2p.load_audio2pose(str(checkpoint / AUDIO2POSE_DIR)).train()
+            self.net = a2p.read_audio2pose(str(checkpoint / AUDIO2POSE_DIR))
             if self.net.config.n_mels != n_mels:
                 raise ConfigError(f"checkpoint {checkpoint} was trained on {self.net.config.n_mels} mel bands, "
                                   f"curated dataset {cfg.data.dataset} has {n_mels}")
