@@ -353,6 +353,7 @@ def curate(
 def train(
     args: List[str] = typer.Argument(None, metavar="[CONFIG ...] [KEY=VALUE ...]",
                                      help="configs/train/ names or YAML paths merged in order (default stage1), then key=value overrides."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run's summary (with its metric history) as JSON."),
 ) -> None:
     """Train with Ray Train on a curated dataset: `facepose train stage1 data.dataset=s3://b/ds output=s3://b/runs`."""
     from flows.train import run_train
@@ -362,10 +363,13 @@ def train(
     overrides = [a for a in args if "=" in a]
     with progress_bar("training") as update:
         summary = run_train(configs, overrides, progress=lambda step, steps, row=None: update(step, steps))
+    if as_json:
+        print_json(summary)
+        return
     summary = {k: v for k, v in summary.items() if k != "history"}
     _batch_summary(summary, "training")
     model = str(summary.get("model"))
-    key = "audio2pose.checkpoint" if model.endswith(".pt") else "model.checkpoint"
+    key = "audio2pose.checkpoint" if summary.get("kind") == "audio2pose" else "model.checkpoint"
     done(f"checkpoint {summary.get('checkpoint')}; use it with -s {key}={model}")
 
 
