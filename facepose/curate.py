@@ -249,7 +249,7 @@ def locator_boxes(landmarks: np.ndarray, expand: float, size: int) -> np.ndarray
 
 
 # -- audio features -------------------------------------------------------------------------------
-AUDIO_FEATURES = "facepose.pose.audio_features: log10 mel power, window centred on (frame + 0.5) / fps; rms over one frame period"
+from facepose.pose.audio_features import FEATURES as AUDIO_FEATURES  # noqa: E402 - numpy only; kept beside its use
 
 
 def audio_features(audio: Optional[np.ndarray], frames: int, fps: float, sr: int, n_mels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -91,8 +91,13 @@ def check_inputs(cfg: TrainConfig, run_uri: str) -> dict[str, Any]:
 
     window = cfg.data.num_frames + cfg.data.motion_frames + 1 if cfg.kind == "diffusion" else 8
     clips = read_clips(cfg.data.dataset, min_frames=window)
-    if cfg.kind == "audio2pose" and not any(c.has_audio for c in clips):
-        raise InputError(f"curated dataset {cfg.data.dataset} has no clips with audio; Audio2Pose trains on talking-face videos with sound")
+    if cfg.kind == "audio2pose":
+        from facepose.pose.audio2pose_train import AudioShards
+
+        with_audio = [c for c in clips if c.has_audio]
+        if not with_audio:
+            raise InputError(f"curated dataset {cfg.data.dataset} has no clips with audio; Audio2Pose trains on talking-face videos with sound")
+        AudioShards(cfg.data.dataset).n_mels(with_audio[0].video_id)  # curated with this front end, or a one-line error
     resume = cfg.resume_from
     if resume == "latest":
         resume = latest_checkpoint_uri(run_uri)

@@ -126,7 +126,7 @@ def synthetic_pair(seed: int, seconds: float = 3.0):
     return y.astype(np.float32), PoseSequence(lm, width=400, height=400), env
 
 
-def write_curated(prefix, clips) -> str:
+def write_curated(prefix, clips, features: str | None = None) -> str:
     """A curated dataset in facepose.curate's layout (index/, poses/, audio/ with the curated log-mel,
     _done/ markers) holding ``clips``: [(video_id, samples at 16 kHz, PoseSequence at 24 fps)], one clip
     per video. -> the prefix."""
@@ -137,6 +137,7 @@ def write_curated(prefix, clips) -> str:
 
     from facepose import curate as cu
 
+    features = features or cu.AUDIO_FEATURES
     for kind in ("index", "poses", "audio", "_done"):
         (prefix / kind).mkdir(parents=True, exist_ok=True)
     for video_id, y, pose in clips:
@@ -145,7 +146,7 @@ def write_curated(prefix, clips) -> str:
         pq.write_table(pose.to_table(extra={"clip_id": [clip_id] * n}), prefix / "poses" / f"{video_id}.parquet")
         audio = pa.table({"clip_id": [clip_id] * n, "frame": pa.array(np.arange(n, dtype=np.int32)), "mel": cu._fixed(mel),
                           "rms": pa.array(rms), "has_audio": [True] * n})
-        meta = {"facepose.fps": "24.0", "facepose.sample_rate": str(SR), "facepose.n_mels": "80", "facepose.features": cu.AUDIO_FEATURES}
+        meta = {"facepose.fps": "24.0", "facepose.sample_rate": str(SR), "facepose.n_mels": "80", "facepose.features": features}
         pq.write_table(audio.replace_schema_metadata(meta), prefix / "audio" / f"{video_id}.parquet")
         pq.write_table(pa.Table.from_pylist([{"video_id": video_id, "clip_id": clip_id, "status": "ok", "frames": n, "has_audio": True}]),
                        prefix / "index" / f"{video_id}.parquet")
@@ -204,6 +205,15 @@ def test_a_run_resumes_from_its_checkpoint_folder(tmp_path):
     after = read_audio2pose(last).state_dict()
     assert all(torch_equal(before[k], after[k]) for k in ("mel_mean", "mel_std", "target_std"))  # normalisation kept
     assert not torch_equal(before["head.weight"], after["head.weight"])  # and the weights trained on
+
+
+def test_features_of_another_front_end_are_refused_naming_the_shard(tmp_path):
+    from facepose.errors import PoseFormatError
+
+    old = "log-mel (n_fft=400, hop=160, natural log) mean over each frame; rms over each frame"  # curation before the one front end
+    dataset = write_curated(tmp_path / "ds", [("v0", *synthetic_pair(0)[:2])], features=old)
+    with pytest.raises(PoseFormatError, match=r"audio/v0\.parquet holds audio features of another front end.*recurate"):
+        train_locally(tmp_path, dataset, "steps=1", "batch_size=1", "audio2pose.hidden=8")
 
 
 def torch_equal(a, b) -> bool:

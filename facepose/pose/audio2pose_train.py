@@ -38,7 +38,7 @@ from torch import nn
 from facepose import storage
 from facepose.errors import InputError, ModelNotFoundError, PoseFormatError
 from facepose.pose import face_model as fm
-from facepose.pose.audio_features import FPS, SAMPLE_RATE
+from facepose.pose.audio_features import FEATURES, FPS, SAMPLE_RATE
 from facepose.pose.retarget import decompose, pick_neutral
 from facepose.pose.sequence import PoseSequence
 
@@ -180,9 +180,12 @@ class AudioShards:
         return {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
 
     def n_mels(self, video_id: str) -> int:
+        """The shard's mel bands, after checking it holds this front end's features."""
         meta = self.meta(video_id)
-        if "facepose.n_mels" not in meta or "facepose.sample_rate" not in meta:
-            raise PoseFormatError(f"{self.uri(video_id)} has no audio feature metadata; recurate {video_id}")
+        if meta.get("facepose.features") != FEATURES or "facepose.n_mels" not in meta:
+            raise PoseFormatError(f"{self.uri(video_id)} holds audio features of another front end "
+                                  f"({meta.get('facepose.features', 'none recorded')[:60]!r}); recurate the dataset with this "
+                                  f"facepose (facepose curate MANIFEST {self.prefix}) before training Audio2Pose on it")
         return int(meta["facepose.n_mels"])
 
     def get(self, video_id: str, clip_id: str) -> np.ndarray:
@@ -190,6 +193,7 @@ class AudioShards:
         import pyarrow.compute as pc
 
         table = self._table(video_id)
+        self.n_mels(video_id)
         meta = self.meta(video_id)
         if int(meta.get("facepose.sample_rate", 0)) != SAMPLE_RATE or float(meta.get("facepose.fps", 0)) != FPS:
             raise PoseFormatError(f"{self.uri(video_id)}: features at {meta.get('facepose.sample_rate')} Hz, "

@@ -29,8 +29,10 @@ N_MELS = 80  # log-mel bands (curation's curate.n_mels; a learned model records 
 BLOCK_FRAMES = 480  # frames per block: 20 s at 24 fps
 YIN_FRAME = 2048  # samples of a YIN window
 YIN_HOP = 160  # 10 ms at 16 kHz: YIN's grid, interpolated onto the frames
-DESCRIPTION = (f"log-mel: log10 of librosa's mel power (Slaney) of a Hann-windowed {N_FFT}-sample window centred on "
-               "(frame + 0.5) / fps; rms: over one frame period")
+# What curation records in an ``audio/`` shard's ``facepose.features`` metadata; training refuses shards
+# that say anything else (features of another front end would silently mismatch inference).
+FEATURES = (f"facepose.pose.audio_features/1: log10 mel power of a Hann-windowed {N_FFT}-sample window centred on "
+            "(frame + 0.5) / fps; rms over one frame period")
 
 
 @dataclass
