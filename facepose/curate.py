@@ -270,20 +270,6 @@ def audio_features(audio: Optional[np.ndarray], frames: int, fps: float, sr: int
     n = min(frames, feat.frames)
     mel_out[:n], rms_out[:n] = feat.log_mel[:n], feat.rms[:n]
     return mel_out, rms_out
-    need = int(math.ceil(frames * sr / fps))
-    y = np.zeros(need, np.float32)
-    y[: min(need, len(audio))] = audio[:need]
-    logmel, hop = log_mel(y, sr, n_mels)  # (M, n_mels), hop m centred at m * hop / sr
-    centres = np.arange(len(logmel)) * hop / sr
-    idx = np.minimum((centres * fps).astype(int), frames - 1)  # the video frame each hop falls in
-    counts = np.bincount(idx, minlength=frames).astype(np.float32)
-    sums = np.zeros((frames, n_mels), np.float64)
-    np.add.at(sums, idx, logmel)
-    mel_out = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-    edges = np.round(np.arange(frames + 1) * sr / fps).astype(int)
-    sq = np.concatenate([[0.0], np.cumsum(y.astype(np.float64) ** 2)])
-    rms_out = np.sqrt((sq[edges[1:]] - sq[edges[:-1]]) / np.maximum(edges[1:] - edges[:-1], 1)).astype(np.float32)
-    return mel_out, rms_out
 
 
 def _fixed(values: np.ndarray) -> pa.FixedSizeListArray:

@@ -27,7 +27,6 @@ import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
