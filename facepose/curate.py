@@ -266,7 +266,7 @@ def audio_features(audio: Optional[np.ndarray], frames: int, fps: float, sr: int
     need = int(round(frames * sr / fps))
     y = np.zeros(need, np.float32)
     y[: min(need, len(audio))] = audio[:need]
-    feat = front_end(y, sr, fps, n_mels)
+    feat = front_end(y, sr, fps, n_mels, pitch=False)  # curation stores the log-mel and loudness only
     n = min(frames, feat.frames)
     mel_out[:n], rms_out[:n] = feat.log_mel[:n], feat.rms[:n]
     return mel_out, rms_out

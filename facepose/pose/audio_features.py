@@ -105,8 +105,8 @@ def _pitch(y: np.ndarray, sr: int, t_out: np.ndarray) -> np.ndarray:
     return np.interp(t_out, t_fine, f0)
 
 
-def _block(y: np.ndarray, k0: int, k1: int, sr: int, fps: float, n_mels: int) -> dict[str, np.ndarray]:
-    """The features of frames ``k0 .. k1 - 1`` (see :class:`AudioFeatures`)."""
+def _block(y: np.ndarray, k0: int, k1: int, sr: int, fps: float, n_mels: int, pitch: bool = True) -> dict[str, np.ndarray]:
+    """The features of frames ``k0 .. k1 - 1`` (see :class:`AudioFeatures`; f0 all nan without ``pitch``)."""
     import librosa
 
     frames = _windows(y, frame_centres(k0, k1, sr, fps))  # (T, n_fft)
@@ -130,23 +130,25 @@ def _block(y: np.ndarray, k0: int, k1: int, sr: int, fps: float, n_mels: int) ->
     ac = np.fft.irfft(power, axis=0)  # (n_fft, T)
     lo, hi = int(sr / 400), int(sr / 60)
     voicing = np.clip(ac[lo:hi].max(0) / np.maximum(ac[0], 1e-12), 0, 1)
-    f0 = _pitch(y, sr, (np.arange(k0, k1) + 0.5) / fps)
+    f0 = _pitch(y, sr, (np.arange(k0, k1) + 0.5) / fps) if pitch else np.full(k1 - k0, np.nan)
     f0 = np.where((voicing > 0.45) & (rms_db > -50), f0, np.nan)
     return {"rms_db": rms_db, "flatness": flatness, "centroid": centroid, "formant_balance": balance, "f0": f0,
             "voicing": voicing, "log_mel": log_mel}
 
 
 def audio_features(y: np.ndarray, sr: int = SAMPLE_RATE, fps: float = FPS, n_mels: int = N_MELS,
-                   block_frames: int = BLOCK_FRAMES) -> AudioFeatures:
+                   block_frames: int = BLOCK_FRAMES, pitch: bool = True) -> AudioFeatures:
     """y: (N,) float32 mono at ``sr`` -> :class:`AudioFeatures` with round(fps * N / sr) frames.
 
-    Computed ``block_frames`` frames at a time (the result does not depend on it; memory does)."""
+    Computed ``block_frames`` frames at a time (the result does not depend on it; memory does).
+    ``pitch=False`` skips YIN (most of the time; f0 is then all nan): for readers of the log-mel and
+    loudness only, such as curation."""
     y = np.asarray(y, np.float32)
     T = n_frames(len(y), sr, fps)
     names = [f.name for f in fields(AudioFeatures) if f.name != "fps"]
     if T == 0:
         z = np.zeros(0, np.float32)
         return AudioFeatures(z, z, z, z, z, z, np.zeros((0, n_mels), np.float32), fps)
-    blocks = [_block(y, k0, min(T, k0 + block_frames), sr, fps, n_mels) for k0 in range(0, T, max(1, block_frames))]
+    blocks = [_block(y, k0, min(T, k0 + block_frames), sr, fps, n_mels, pitch) for k0 in range(0, T, max(1, block_frames))]
     out = {name: np.concatenate([b[name] for b in blocks]).astype(np.float32) for name in names}
     return AudioFeatures(**out, fps=fps)
