@@ -274,3 +274,28 @@ def test_search_levels_double_up_to_the_photos_own_resolution(detector):
     assert detector.search_levels(4032, 3024) == [2560, 4032]  # the working pass saw 640 x 2 (upsample)
     assert detector.search_levels(512, 512) == []  # already seen at twice its own size
     assert detector.search_levels(1920, 1080) == [1920]
+
+
+def test_the_search_runs_only_when_the_working_size_finds_nothing(astronaut):
+    from facepose.face.detect import DETECTORS, register_detector
+
+    calls: list[tuple[int, int]] = []
+
+    @register_detector("counted_hog")
+    def counted(image, upsample):
+        calls.append(image.shape[:2])
+        return DETECTORS["hog"](image, upsample)
+
+    try:
+        detector = FaceDetector(FaceConfig(detector="counted_hog"))
+        big, _ = phone_photo(astronaut, face_px=700, at=(1200, 300))
+        detector.detect_one(big)
+        assert calls == [(480, 640)]  # one pass at the working size: the fast path
+        calls.clear()
+        small, _ = phone_photo(astronaut)
+        detector.detect_one(small)
+        # the working size, then the 2560 px level in two overlapping tiles (at most 2048 px a side); the
+        # face is found there, so the photo's own 4032 px level never runs
+        assert calls == [(480, 640), (1920, 2048), (1920, 2048)]
+    finally:
+        DETECTORS.pop("counted_hog")
