@@ -101,7 +101,7 @@ class AppConfig:
 class Audio2PoseConfig:
     """``audio2pose:`` config section."""
 
-    checkpoint: Optional[str] = None  # learned model checkpoint (path or URI); None -> signal model
+    checkpoint: Optional[str] = None  # learned model: a checkpoint_*/audio2pose folder (path or URI); None -> signal model
     sample_rate: int = 16000  # Hz; audio is resampled to this before feature extraction
     seed: int = 0  # blink timing and idle sway
     silence_db: float = -45.0  # dBFS: quieter frames are silence (mouth closed)
