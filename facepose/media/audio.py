@@ -135,12 +135,7 @@ def _read_pyav(path: Path, name: str, sr: int, on_video_timeline: bool = False) 
     timeline = None
     try:
         if on_video_timeline:
-            with av.open(str(path), metadata_errors="ignore") as container:
-                timeline = video_timeline(container)
-                if timeline is not None and timeline[1] is None and container.duration:
-                    # no stream duration in the header (mkv/webm): the container's, from the video's start
-                    origin = (container.start_time or 0) / av.time_base
-                    timeline = (timeline[0], max(0.0, container.duration / av.time_base - (timeline[0] - origin)))
+            timeline = video_timeline(path)
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.audio:
                 kinds = ", ".join(s.type for s in container.streams) or "no streams"

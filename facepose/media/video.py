@@ -202,31 +202,36 @@ def _packet_index(container, stream) -> tuple[np.ndarray, float]:
     return starts, float(last_end)
 
 
-def video_timeline(container) -> Optional[tuple[float, Optional[float]]]:
-    """(start, duration) in seconds of the first video stream of an open PyAV container: the first
+def video_timeline(path: str | os.PathLike) -> Optional[tuple[float, float]]:
+    """(start, duration) in seconds of the first video stream of the local file ``path``: the first
     frame's presentation time (the smallest pts among the first packets, as B-frames reorder them; edit
-    lists are already applied by the demuxer) and the stream's duration when its header gives one.
-    None when there is no video stream. Reads a few packets; the container is left at its start."""
-    if not container.streams.video:
-        return None
-    stream = container.streams.video[0]
-    tb = float(stream.time_base) if stream.time_base else 0.0
-    first: Optional[int] = None
-    seen = 0
-    for packet in container.demux(stream):
-        if packet.size == 0 or packet.is_discard or packet.pts is None:
-            continue
-        first = packet.pts if first is None else min(first, packet.pts)
-        seen += 1
-        if seen >= 32:
-            break
-    container.seek(0)
-    if first is None or not tb:
-        start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
-    else:
-        start = first * tb
-    duration = float(stream.duration * tb) if stream.duration and tb else None
-    return start, duration
+    lists are already applied by the demuxer) and the video's duration (from the stream header, or,
+    where it gives none, as mkv/webm, from a demux pass, as :func:`probe_video` measures it). None when
+    there is no video stream. No decoding."""
+    import av
+
+    with av.open(os.fspath(path), metadata_errors="ignore") as container:
+        if not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        tb = float(stream.time_base) if stream.time_base else 0.0
+        if not stream.duration or not tb:
+            starts, end = _packet_index(container, stream)
+            return (float(starts[0]), float(end - starts[0])) if len(starts) else None
+        first: Optional[int] = None
+        seen = 0
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.is_discard or packet.pts is None:
+                continue
+            first = packet.pts if first is None else min(first, packet.pts)
+            seen += 1
+            if seen >= 32:
+                break
+        if first is None:
+            start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        else:
+            start = first * tb
+        return start, float(stream.duration * tb)
 
 
 def _rotation_k(frame) -> int:
