@@ -8,7 +8,11 @@ speech (espeak-ng, one paragraph) repeated to the length asked, 16 kHz mono WAV.
 
 Targets (issue 10): peak RSS under 1.2 GB at the longest input and within 1.3x of the 5 s input.
 
-    .venv/bin/python bench/bench_memory.py [--video 5,30,90] [--speech 5,60,600] [--json out.json]
+    .venv/bin/python bench/bench_memory.py [--video 5,30,90] [--speech 5,60,600] [--curate 5,90] [--json out.json]
+
+``--curate`` also measures the per-video curation unit (facepose.curate.Curator, one process per video,
+default settings): one decode, the shot's frames buffered up to ``curate.buffer_mb`` (1024 MB), a longer
+shot re-read; the synthetic video is one long shot, the buffer's worst case.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--video", default="5,30,90", help="driving video lengths, seconds")
     ap.add_argument("--speech", default="5,60,600", help="speech lengths, seconds")
+    ap.add_argument("--curate", default="", help="curation video lengths, seconds (none by default)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
     facepose = str(ROOT / ".venv" / "bin" / "facepose")
@@ -97,20 +102,27 @@ def main() -> None:
 
         photo = tmp / "photo.png"
         Image.fromarray(data.astronaut()).save(photo)
-        for kind, lengths in (("video", args.video), ("speech", args.speech)):
+        for kind, lengths in (("video", args.video), ("speech", args.speech), ("curate", args.curate)):
             for s in [float(x) for x in lengths.split(",") if x]:
-                if kind == "video":
+                if kind == "curate":
+                    src = make_video(tmp / f"c{s:g}.mp4", s)
+                    code = ("import sys; from facepose.curate import Curator; from facepose.manifest import CurateJob; "
+                            "r = Curator()(CurateJob('v', sys.argv[1]), sys.argv[2]).result; "
+                            "sys.exit(0 if r['status'] == 'ok' else r['error'])")
+                    cmd = [sys.executable, "-c", code, str(src), str(tmp / f"ds{s:g}")]
+                elif kind == "video":
                     src = make_video(tmp / f"v{s:g}.mp4", s)
                     cmd = [facepose, "pose", "extract", str(src), "-o", str(tmp / "out.parquet")]
                 else:
                     src = make_speech(tmp / f"s{s:g}.wav", s)
                     cmd = [facepose, "pose", "make", str(src), "-r", str(photo), "-o", str(tmp / "out.parquet")]
                 mb, wall = peak_rss(cmd)
-                rows.append({"command": f"pose {'extract' if kind == 'video' else 'make'}", "input": kind, "seconds": s,
+                command = {"video": "pose extract", "speech": "pose make", "curate": "Curator"}[kind]
+                rows.append({"command": command, "input": kind, "seconds": s,
                              "input_mb": src.stat().st_size / 2**20, "peak_rss_mb": mb, "wall_s": wall})
                 print(f"{rows[-1]['command']:13s} {kind:6s} {s:6g} s  input {rows[-1]['input_mb']:7.1f} MB  peak RSS {mb:7.0f} MB  ({wall:.1f} s)", flush=True)
                 src.unlink()
-    for kind in ("video", "speech"):
+    for kind in ("video", "speech", "curate"):
         group = [r for r in rows if r["input"] == kind]
         if len(group) > 1:
             base, top = group[0], group[-1]

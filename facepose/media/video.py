@@ -393,7 +393,11 @@ class _Source:
         finally:
             container.close()
         if prev is None:
+            if seek:
+                raise _Overshot()
             raise MediaError(f"{self.name}: cannot decode video (no frame decodes); the file may be corrupt or truncated")
+        if j < total:
+            log.debug("%s: the stream ended %d frames before its index did; holding its last frame", self.name, total - j)
         while j < total:  # the stream ended before the index said: hold its last frame
             if prev[1] is None:
                 prev[1] = self._rgb(prev[0])
