@@ -3,7 +3,7 @@
 Makes a 720p (1280x720) clip of a real face moving along a smooth path (skimage's astronaut, 2x, so
 the face is about 200 px), 10 s at 24 fps, in a temporary folder, then times on CPU core 0 alone:
 
-  (a) decode alone (decord through facepose.media.video.iter_frames, resampled to 24 fps),
+  (a) decode alone (PyAV, streamed, through facepose.media.video.iter_frames, resampled to 24 fps),
   (b) encode alone of the 512x512 face crops (facepose.media.video.VideoWriter, x264 with 1 thread),
   (c) tracking + landmarks on already-decoded frames (facepose.face.FaceTracker),
   (d) the whole unit: decode, track, smooth, one steady crop box for the clip, crop, encode.
@@ -145,7 +145,7 @@ def main() -> None:
     wall = rates(frames / t_dec.wall, frames / t_enc.wall, frames / t_trk.wall, written / t_all.wall)
     cpu = rates(frames / t_dec.cpu, frames / t_enc.cpu, frames / t_trk.cpu, written / t_all.cpu)
     rows = [
-        ("(a) decode 720p (decord, 1 thread)", ""),
+        ("(a) decode 720p (PyAV, 1 thread)", ""),
         ("(b) encode 512x512 H.264 (PyAV x264, 1 thread)", ""),
         ("decode + encode floor, 1/(1/a + 1/b)", ""),
         ("(c) tracking + landmarks on decoded frames", ">= 200"),

@@ -7,13 +7,29 @@ Per video:
    marks shot cuts; the face tracker follows the face (reset at each cut) and, per frame, the landmark
    box side (face size) and the sharpness of the face (variance of the Laplacian of the face region
    resized to 128 px, so it does not grow with resolution) are recorded.
-2. **Clips**: each shot is cut into clips of at most ``curate.max_clip_s``; a clip is dropped, with the
-   reason recorded, when it is ``too_short``, has the face missing in too many frames
-   (``face_missing``), a face too small (``face_too_small``) or too blurry (``too_blurry``).
-3. **Write** (a second decode, so memory stays flat): each kept clip as a ``clip_size`` square face crop
-   held steady over the clip (``facepose.face.crop.crop_box``), H.264 at ``curate.fps`` with its audio;
-   its landmarks in crop pixels with per-frame Face Locator boxes; per-frame audio features (log-mel
-   bands and RMS over each frame's 1/fps window, zeros and ``has_audio=false`` without audio).
+2. **Clips**: when a shot ends (at the next cut, or the video's end) it is cut into clips of at most
+   ``curate.max_clip_s``; a clip is dropped, with the reason recorded, when it is ``too_short``, has the
+   face missing in too many frames (``face_missing``), a face too small (``face_too_small``) or too
+   blurry (``too_blurry``).
+3. **Write**, in the same decode: the frames of the current shot wait in a buffer, and when the shot
+   ends each kept clip is written from it as a ``clip_size`` square face crop held steady over the clip
+   (``facepose.face.crop.crop_box``, which needs the whole clip's landmarks, hence the buffer), H.264
+   at ``curate.fps`` with its audio; then its landmarks in crop pixels with per-frame Face Locator
+   boxes; per-frame audio features (log-mel bands and RMS over each frame's 1/fps window, zeros and
+   ``has_audio=false`` without audio).
+
+Memory: the buffer holds at most ``curate.buffer_mb`` of RGB frames (1024 MB: about 15 s of 720p, 7 s
+of 1080p). A shot longer than that is not kept: its frames are let go and, when it ends, its clips are
+written from a second decode of that shot's time range only (the reader seeks to the keyframe before
+it). So every video is decoded once except for its over-long shots, and memory stays bounded whatever
+the length (bench_memory.py: 0.55 GB at 5 s, 1.36 GB at 90 s of one 720p shot, the buffer full).
+Buffering downscaled or re-encoded frames instead was rejected: the crop box, hence the resolution
+needed, is known only when the clip ends, and JPEG-coding a 720p frame and decoding it back (5.9 ms
+CPU) costs what decoding it again from the H.264 does (6.0 ms), and loses quality.
+
+Timing: the audio (the video's own track, read on the video's timeline, so the sound at a frame's
+presentation time lines up with that frame even when the tracks start at different times; or the
+manifest's audio file) is read once, before the pass, for the features and every clip.
 
 Outputs under the prefix ``out``::
 
@@ -149,34 +165,61 @@ class Scan:
         return len(self.seen)
 
 
+class Scanner:
+    """The scan, fed one frame at a time: cuts, face track, size and sharpness per frame."""
+
+    def __init__(self, tracker: Any, shot_threshold: float):
+        self.tracker, self.threshold = tracker, shot_threshold
+        self.lms: list[Optional[np.ndarray]] = []
+        self.sizes: list[float] = []
+        self.sharp: list[float] = []
+        self.cuts = [0]
+        self.prev_hist: Optional[np.ndarray] = None
+        self.width = self.height = 0
+        tracker.reset()
+
+    def __len__(self) -> int:
+        return len(self.lms)
+
+    def feed(self, frame: np.ndarray) -> bool:
+        """frame: (H, W, 3) uint8 RGB. True when it starts a new shot (a cut before it)."""
+        self.height, self.width = frame.shape[:2]
+        hist = colour_hist(frame)
+        cut = self.prev_hist is not None and hist_distance(self.prev_hist, hist) > self.threshold
+        if cut:
+            self.cuts.append(len(self.lms))
+            self.tracker.reset()  # a new shot: find the face afresh, never carry a box across a cut
+        self.prev_hist = hist
+        lm = self.tracker.update(frame)
+        self.lms.append(lm)
+        self.sizes.append(face_size(lm) if lm is not None else math.nan)
+        self.sharp.append(face_sharpness(frame, lm) if lm is not None else math.nan)
+        return cut
+
+    def scan(self, start: int = 0, stop: Optional[int] = None) -> Scan:
+        """The :class:`Scan` of frames [start, stop) (frame indices relative to ``start``)."""
+        stop = len(self.lms) if stop is None else stop
+        lms = self.lms[start:stop]
+        seen = np.array([lm is not None for lm in lms], dtype=bool)
+        landmarks = np.zeros((len(lms), 68, 2), np.float32)
+        if seen.any():
+            landmarks[seen] = np.stack([lm for lm in lms if lm is not None])
+        cuts = [c - start for c in self.cuts if start <= c < stop] or [0]
+        if cuts[0] != 0:
+            cuts.insert(0, 0)
+        return Scan(landmarks, seen, np.array(self.sizes[start:stop], np.float64), np.array(self.sharp[start:stop], np.float64),
+                    cuts, int(self.width), int(self.height))
+
+
 def scan_frames(chunks: Iterator[np.ndarray], tracker: Any, shot_threshold: float, progress: Optional[ProgressFn] = None, total: int = 0) -> Scan:
     """chunks: (n, H, W, 3) uint8 frame chunks -> :class:`Scan`. ``tracker``: a FaceTracker (reset at cuts)."""
-    lms: list[Optional[np.ndarray]] = []
-    sizes: list[float] = []
-    sharp: list[float] = []
-    cuts = [0]
-    prev_hist = None
-    width = height = 0
-    tracker.reset()
+    scanner = Scanner(tracker, shot_threshold)
     for chunk in chunks:
-        height, width = chunk.shape[1:3]
         for frame in chunk:
-            hist = colour_hist(frame)
-            if prev_hist is not None and hist_distance(prev_hist, hist) > shot_threshold:
-                cuts.append(len(lms))
-                tracker.reset()  # a new shot: find the face afresh, never carry a box across a cut
-            prev_hist = hist
-            lm = tracker.update(frame)
-            lms.append(lm)
-            sizes.append(face_size(lm) if lm is not None else math.nan)
-            sharp.append(face_sharpness(frame, lm) if lm is not None else math.nan)
+            scanner.feed(frame)
         if progress is not None:
-            progress(len(lms), max(total, len(lms)))
-    seen = np.array([lm is not None for lm in lms], dtype=bool)
-    landmarks = np.zeros((len(lms), 68, 2), np.float32)
-    if seen.any():
-        landmarks[seen] = np.stack([lm for lm in lms if lm is not None])
-    return Scan(landmarks, seen, np.array(sizes, np.float64), np.array(sharp, np.float64), cuts, int(width), int(height))
+            progress(len(scanner), max(total, len(scanner)))
+    return scanner.scan()
 
 
 # -- clips ----------------------------------------------------------------------------------------
@@ -198,15 +241,19 @@ class Clip:
 def split_clips(scan: Scan, video_id: str, fps: float, max_clip_s: float) -> list[Clip]:
     """Shots (between cuts) cut into clips of at most ``max_clip_s``, of nearly equal length."""
     bounds = scan.cuts + [len(scan)]
-    max_len = max(1, int(round(max_clip_s * fps)))
     clips: list[Clip] = []
     for a, b in zip(bounds[:-1], bounds[1:]):
-        parts = max(1, math.ceil((b - a) / max_len))
-        edges = np.linspace(a, b, parts + 1).round().astype(int)
-        for s, e in zip(edges[:-1], edges[1:]):
-            if e > s:
-                clips.append(Clip(clip_id=f"{video_id}_{len(clips):04d}", start=int(s), end=int(e)))
+        clips.extend(split_shot(a, b, video_id, fps, max_clip_s, first=len(clips)))
     return clips
+
+
+def split_shot(a: int, b: int, video_id: str, fps: float, max_clip_s: float, first: int = 0) -> list[Clip]:
+    """The shot [a, b) cut into clips of at most ``max_clip_s``, of nearly equal length; ids count from ``first``."""
+    max_len = max(1, int(round(max_clip_s * fps)))
+    parts = max(1, math.ceil((b - a) / max_len))
+    edges = np.linspace(a, b, parts + 1).round().astype(int)
+    return [Clip(clip_id=f"{video_id}_{first + k:04d}", start=int(s), end=int(e))
+            for k, (s, e) in enumerate((s, e) for s, e in zip(edges[:-1], edges[1:]) if e > s)]
 
 
 def judge(clip: Clip, scan: Scan, cfg: Any, fps: float) -> Clip:
@@ -331,7 +378,7 @@ class Curator:
             return CurateOutcome(result)
 
     def _curate(self, job: CurateJob, out: str, progress: Optional[ProgressFn], t0: float) -> CurateOutcome:
-        from facepose.media.video import iter_frames, probe_video
+        from facepose.media.video import probe_video
 
         c, fps = self.cfg.curate, float(self.cfg.curate.fps)
         if not job.input_digest:
@@ -345,24 +392,17 @@ class Curator:
         t_start = job.start or 0.0
         total = info.frames_at(fps) if job.start is None and job.end is None else int(round((min(job.end or info.duration, info.duration) - t_start) * fps))
 
-        # 1. Scan: cuts, face track, size and sharpness per frame
-        chunks = iter_frames(job.video, fps=fps, start_s=job.start, end_s=job.end)
-        scan = scan_frames(chunks, self.tracker, c.shot_threshold, progress, total)
-        if len(scan) == 0:
-            raise MediaError(f"{job.video}: no frames in the range {job.start or 0}-{job.end or 'end'} s")
-
-        # 2. Clips and quality filters
-        clips = [judge(clip, scan, c, fps) for clip in split_clips(scan, job.video_id, fps, c.max_clip_s)]
-        kept = [clip for clip in clips if clip.reason is None]
-        audio = self._audio(job, info.has_audio, t_start, len(scan) / fps)
-        mel, rms = audio_features(audio, len(scan), fps, c.sample_rate, c.n_mels)
-
-        # 3. Write clips, poses, audio features, index; the done marker last
+        # Audio first, on the video's timeline: clips are written during the one decode.
+        audio = self._audio(job, info.has_audio, t_start, total / fps)
         for stale in storage.listdir(storage.join(out, "clips", job.video_id)):
             storage.delete(stale)  # clips of an earlier run with other settings
-        crops = {clip.clip_id: self._crop_plan(clip, scan) for clip in kept}
+        # 1-3. One decode: scan; at each shot's end cut it into clips, judge them, write the kept ones
+        clips, crops, frames = self._scan_and_write(job, out, audio, fps, total, progress)
+        if frames == 0:
+            raise MediaError(f"{job.video}: no frames in the range {job.start or 0}-{job.end or 'end'} s")
+        kept = [clip for clip in clips if clip.reason is None]
+        mel, rms = audio_features(audio, frames, fps, c.sample_rate, c.n_mels)
         if kept:
-            self._write_clips(job, out, kept, crops, audio, fps, len(scan))
             self._write_poses(job, out, kept, crops, fps)
             self._write_audio(job, out, kept, mel, rms, audio is not None, fps)
         else:
@@ -374,11 +414,11 @@ class Curator:
         for clip in clips:
             if clip.reason:
                 dropped[clip.reason] = dropped.get(clip.reason, 0) + 1
-        result = curate_result(job.video_id, "ok", clips=len(clips), kept=len(kept), dropped=dropped, frames=len(scan),
+        result = curate_result(job.video_id, "ok", clips=len(clips), kept=len(kept), dropped=dropped, frames=frames,
                                elapsed_s=time.perf_counter() - t0, input_digest=job.input_digest)
         storage.write_text(marker_uri(out, job.video_id), json.dumps(result))
-        log.info("video %s: %d frames, %d clips kept, dropped %s (%.1f frames/s)", job.video_id, len(scan), len(kept), dropped or "none",
-                 len(scan) / max(result["elapsed_s"], 1e-9))
+        log.info("video %s: %d frames, %d clips kept, dropped %s (%.1f frames/s)", job.video_id, frames, len(kept), dropped or "none",
+                 frames / max(result["elapsed_s"], 1e-9))
         return CurateOutcome(result, rows)
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -386,6 +426,8 @@ class Curator:
         from facepose.media.audio import load_audio
 
         sr = self.cfg.curate.sample_rate
+        # A video's own track comes on the video's timeline (load_audio's default): sample 0 plays with
+        # the first frame, so t_start and every clip's range mean the same instants for sound and frames.
         if job.audio:  # named in the manifest: failing to read it is the row's error
             return load_audio(job.audio, sr=sr, start_s=t_start, end_s=t_start + seconds)
         if not has_audio:
@@ -410,9 +452,73 @@ class Curator:
         crop_lm = to_crop(lm, box, c.clip_size)
         return {"box": box, "landmarks": crop_lm, "seen": seen, "locator": locator_boxes(crop_lm, self.cfg.face.mask_expand, c.clip_size)}
 
-    def _write_clips(self, job: CurateJob, out: str, kept: list[Clip], crops: dict, audio: Optional[np.ndarray], fps: float, n: int) -> None:
+    def _scan_and_write(self, job: CurateJob, out: str, audio: Optional[np.ndarray], fps: float, total: int,
+                        progress: Optional[ProgressFn]) -> tuple[list[Clip], dict, int]:
+        """The one decode (module docstring): -> (every clip, kept or dropped, in order; crop plans of
+        the kept ones by clip id; frames decoded)."""
+        from facepose.media.video import iter_frames
+
+        c = self.cfg.curate
+        scanner = Scanner(self.tracker, c.shot_threshold)
+        clips: list[Clip] = []
+        crops: dict[str, dict[str, Any]] = {}
+        buffer: Optional[list[np.ndarray]] = []  # frames of the current shot; None once it outgrew the budget
+        budget = 0
+        shot = 0  # first frame of the current shot
+
+        def end_shot(stop: int) -> None:
+            nonlocal buffer
+            if stop > shot:
+                self._finish_shot(job, out, scanner, shot, stop, buffer, audio, fps, clips, crops)
+            buffer = []
+
+        for chunk in iter_frames(job.video, fps=fps, start_s=job.start, end_s=job.end):
+            if not budget:
+                budget = max(1, int(c.buffer_mb * 2**20) // max(1, chunk[0].nbytes))
+            for frame in chunk:
+                i = len(scanner)
+                if scanner.feed(frame):
+                    end_shot(i)
+                    shot = i
+                if buffer is not None:
+                    buffer.append(frame)
+                    if len(buffer) > budget:
+                        log.info("video %s: shot from frame %d is longer than the %d MB buffer; its clips are written from a second read",
+                                 job.video_id, shot, c.buffer_mb)
+                        buffer = None
+            if progress is not None:
+                progress(len(scanner), max(total, len(scanner)))
+        end_shot(len(scanner))
+        return clips, crops, len(scanner)
+
+    def _finish_shot(self, job: CurateJob, out: str, scanner: Scanner, a: int, b: int, frames: Optional[list[np.ndarray]],
+                     audio: Optional[np.ndarray], fps: float, clips: list[Clip], crops: dict) -> None:
+        """Cut the shot [a, b) into clips, judge them, write the kept ones (from ``frames``, the shot's
+        frames, or when None from a second read of its range); appends to ``clips`` and ``crops``."""
+        from facepose.media.video import iter_frames
+
+        c = self.cfg.curate
+        local = scanner.scan(a, b)
+        shot_clips = [judge(clip, local, c, fps) for clip in split_shot(0, b - a, job.video_id, fps, c.max_clip_s, first=len(clips))]
+        plans = {clip.clip_id: self._crop_plan(clip, local) for clip in shot_clips if clip.reason is None}
+        if plans:
+            if frames is None:
+                source = (f for chunk in iter_frames(job.video, fps=fps, start_s=job.start, end_s=job.end, start=a, stop=b) for f in chunk)
+            else:
+                source = iter(frames)
+            self._write_clips(job, out, [clip for clip in shot_clips if clip.reason is None], plans, source, a, audio, fps, b - a)
+        for clip in shot_clips:  # shot-relative -> video frame indices
+            clip.start += a
+            clip.end += a
+        clips.extend(shot_clips)
+        crops.update(plans)
+
+    def _write_clips(self, job: CurateJob, out: str, kept: list[Clip], crops: dict, frames: Iterator[np.ndarray], offset: int,
+                     audio: Optional[np.ndarray], fps: float, n: int) -> None:
+        """Write the kept clips of one shot; ``frames`` are the shot's frames, ``kept`` clip ranges are
+        relative to it, ``offset`` is the shot's first frame in the video (for the audio)."""
         from facepose.face.crop import crop_image
-        from facepose.media.video import VideoWriter, iter_frames
+        from facepose.media.video import VideoWriter
 
         c = self.cfg.curate
         size = c.clip_size
@@ -421,25 +527,30 @@ class Curator:
         writer: Optional[VideoWriter] = None
         i = 0
         try:
-            for chunk in iter_frames(job.video, fps=fps, start_s=job.start, end_s=job.end):
-                for frame in chunk:
-                    if clip is not None and i == clip.start:
-                        seg = None if audio is None else audio[int(round(clip.start * c.sample_rate / fps)) : int(round(clip.end * c.sample_rate / fps))]
-                        writer = VideoWriter(clip_uri(out, job.video_id, clip.clip_id), fps=fps, audio=seg, sample_rate=c.sample_rate, crf=c.crf)
-                        writer.__enter__()
-                    if writer is not None:
-                        writer.write(crop_image(frame, crops[clip.clip_id]["box"], size))
-                    i += 1
-                    if writer is not None and clip is not None and i == clip.end:
-                        w, writer = writer, None
-                        w.close()
-                        clip = next(pending, None)
+            for frame in frames:
+                if clip is None:
+                    break
+                if i == clip.start:
+                    a, b = offset + clip.start, offset + clip.end
+                    seg = None if audio is None else audio[int(round(a * c.sample_rate / fps)) : int(round(b * c.sample_rate / fps))]
+                    writer = VideoWriter(clip_uri(out, job.video_id, clip.clip_id), fps=fps, audio=seg, sample_rate=c.sample_rate, crf=c.crf)
+                    writer.__enter__()
+                if writer is not None:
+                    writer.write(crop_image(frame, crops[clip.clip_id]["box"], size))
+                i += 1
+                if writer is not None and i == clip.end:
+                    w, writer = writer, None
+                    w.close()
+                    clip = next(pending, None)
         except BaseException as exc:
             if writer is not None:
                 writer.__exit__(type(exc), exc, exc.__traceback__)
             raise
         if writer is not None or clip is not None:
-            raise MediaError(f"{job.video}: the second decode gave {i} frames, the first {n}; the file may be damaged")
+            err = MediaError(f"{job.video}: frames {offset}-{offset + n} gave only {i} frames when read for the clips; the file may be damaged")
+            if writer is not None:
+                writer.__exit__(MediaError, err, None)  # drops the unfinished clip
+            raise err
 
     def _write_poses(self, job: CurateJob, out: str, kept: list[Clip], crops: dict, fps: float) -> None:
         from facepose.pose.sequence import PoseSequence

@@ -1,4 +1,4 @@
-"""Media I/O: video (decord read, PyAV write), audio (soundfile/librosa, PyAV for video tracks), images."""
+"""Media I/O: video (PyAV streaming read, PyAV write), audio (soundfile/librosa, PyAV for video tracks), images."""
 
 from facepose.media.audio import audio_duration, load_audio
 from facepose.media.image import read_image, write_image

@@ -1,13 +1,24 @@
-"""Video in and out: decord reads (resampled to a target fps, in chunks), PyAV writes H.264 mp4 (+AAC).
+"""Video in and out: PyAV reads (streamed, resampled to a target fps, in chunks), PyAV writes H.264 mp4 (+AAC).
 
 Reading maps every output frame ``i`` at the target fps to the source frame whose timestamp is nearest to
 ``t = i / fps`` (measured from the first frame), so a 30 fps source read at 24 fps keeps its duration and
 its content order, and a variable-frame-rate phone video comes out evenly spaced. A clip of ``duration``
-seconds gives ``round(duration * fps)`` frames. Frames come in chunks (``get_batch`` over index ranges),
-so a ten-minute video never sits in memory.
+seconds gives ``round(duration * fps)`` frames.
 
-Before decord sees a file it is checked cheaply (size, MP4 box layout, PyAV can open it and finds a video
-packet): decord's own errors are long C++ traces, and on some garbage it crashes the process.
+Memory stays flat whatever the video's length: frames are decoded one after another by PyAV
+(``container.decode``, FFmpeg's own frame/slice threads) and only the frames an output chunk needs are
+converted to RGB, straight into that chunk's array (``chunk`` frames at most). The frame timestamps come
+from a demux pass over the packets (no decoding), so the count and the mapping are known before the
+first frame is decoded. A time range that starts late seeks to the keyframe before it. (decord, used
+before, kept an index and frame cache that grew with the video: 0.83 GB at 5 s, 4.22 GB at 90 s of 720p;
+it also has no AV1 decoder here.) Every codec the installed FFmpeg decodes is read (AV1 through
+libdav1d); a codec it cannot decode is a MediaError naming the codec.
+
+A phone video's rotation (the display matrix side data) is applied: frames come out upright and
+``VideoInfo.width``/``height`` are the displayed size.
+
+Before decoding, a file is checked cheaply (size, MP4 box layout, a video stream with packets), so a bad
+file gives one line naming it, not FFmpeg's log.
 
 Writing streams frames into libx264 (yuv420p) through PyAV; an optional mono audio track is encoded as
 AAC beside it, interleaved as frames arrive, and trimmed or zero-padded to exactly the video's duration.
@@ -33,13 +44,16 @@ from facepose.errors import InputError, MediaError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VideoInfo", "probe_video", "iter_frames", "read_frames", "VideoWriter", "write_video", "frame_indices"]
+__all__ = ["VideoInfo", "probe_video", "iter_frames", "read_frames", "VideoWriter", "write_video", "frame_indices", "video_timeline"]
 
 
 @dataclass(frozen=True)
 class VideoInfo:
     """What a video file holds: ``fps`` (average, of the source), ``frames`` (source frame count),
-    ``width``/``height`` in pixels, ``duration`` in seconds (first frame start to last frame end)."""
+    ``width``/``height`` in pixels as displayed (after the rotation tag), ``duration`` in seconds (first
+    frame start to last frame end), ``start`` the first frame's presentation time in seconds (the
+    origin of the video's timeline; the audio track is read against it), ``codec`` the decoder's name,
+    ``rotation`` degrees counter-clockwise applied to make frames upright (0, 90, 180, 270)."""
 
     fps: float
     frames: int
@@ -47,6 +61,9 @@ class VideoInfo:
     height: int
     duration: float
     has_audio: bool
+    start: float = 0.0
+    codec: str = ""
+    rotation: int = 0
 
     def frames_at(self, fps: float) -> int:
         """How many frames :func:`iter_frames` yields for the whole video at ``fps``."""
@@ -54,25 +71,19 @@ class VideoInfo:
 
 
 # -- errors ---------------------------------------------------------------------------------------
-_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\]\s+\S+?:\d+:\s*")
+_FFMPEG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\]\s+\S+?:\d+:\s*")
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
-    """One short line from a decord/FFmpeg error (theirs carry timestamps, source paths, stack traces)."""
-    text = _DECORD_PREFIX.sub("", str(exc))
+    """One short line from an FFmpeg/PyAV error (theirs may carry timestamps, source paths, traces)."""
+    text = _FFMPEG_PREFIX.sub("", str(exc))
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(("Stack trace", "[bt]"))]
     line = lines[-1] if lines else ""
     line = re.sub(r"^\[Errno -?\d+\]\s*", "", line)  # PyAV: "[Errno 1094995529] Invalid data ..."
-    line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # decord: "[file.mp4] Failed to ..."
+    line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # "[file.mp4] Failed to ..."
     line = re.sub(r"^Check failed: .*\(-?\d+ vs\. -?\d+\)\s*", "", line)
     line = re.sub(r":\s*'[^']*'$", "", line)  # PyAV appends the path, which the caller's message names already
     return (line.strip() or type(exc).__name__)[:limit]
-
-
-def _decode_errors() -> tuple[type[BaseException], ...]:
-    from decord._ffi.base import DECORDError
-
-    return (DECORDError, RuntimeError)
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -104,33 +115,51 @@ def _check_mp4_boxes(path: Path, name: str) -> None:
             pos += box_size
 
 
-def _validate(path: Path, name: str) -> tuple[int, int, bool]:
-    """Cheap checks before decord opens ``path``; returns (width, height, has_audio)."""
-    import av
+#: MP4 sample-entry codes of video codecs users meet, for naming one that no installed decoder reads.
+_FOURCC_NAMES = {
+    "av01": "AV1", "hvc1": "HEVC (H.265)", "hev1": "HEVC (H.265)", "vvc1": "VVC (H.266)", "vvi1": "VVC (H.266)",
+    "vp09": "VP9", "vp08": "VP8", "avc1": "H.264", "avc3": "H.264", "apch": "ProRes", "apcn": "ProRes",
+    "apcs": "ProRes", "apco": "ProRes", "ap4h": "ProRes 4444", "dvh1": "Dolby Vision", "dvhe": "Dolby Vision",
+}
 
-    size = path.stat().st_size
-    if size == 0:
-        raise MediaError(f"{name}: empty file (0 bytes); expected a video")
-    _check_mp4_boxes(path, name)
-    try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            if not container.streams:  # e.g. an mp4 whose only track has no samples
-                raise MediaError(f"{name}: zero-length video (no streams, no frames); expected a video with at least one frame")
-            if not container.streams.video:
-                raise MediaError(f"{name}: no video stream (found {_stream_kinds(container)}); expected a video file")
-            has_audio = bool(container.streams.audio)
-            stream = container.streams.video[0]
-            width, height = stream.codec_context.width, stream.codec_context.height
-            if width <= 0 or height <= 0:
-                raise MediaError(f"{name}: video stream has no frame size; the file is corrupt")
-            for packet in container.demux(stream):
-                if packet.size > 0:
-                    return width, height, has_audio
-    except MediaError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"{name}: not a readable video ({_short(exc)}); expected an mp4/mov/mkv/webm file") from None
-    raise MediaError(f"{name}: zero-length video (no frames); expected a video with at least one frame")
+
+def _mp4_video_fourcc(path: Path) -> Optional[str]:
+    """The sample-entry code (e.g. ``av01``) of the first video track of an MP4/MOV, read from its
+    ``stsd`` box; None when the file is not ISO-BMFF or has none. Reads the header boxes only."""
+    with open(path, "rb") as f:
+        if f.read(8)[4:8] != b"ftyp":
+            return None
+        f.seek(0)
+        data = f.read(8 << 20)  # the moov of a faststart file; enough for a name in an error message
+    at = 0
+    while True:
+        at = data.find(b"stsd", at + 1)
+        if at < 0:
+            # moov at the end (no faststart): look there
+            size = path.stat().st_size
+            if size <= len(data):
+                return None
+            with open(path, "rb") as f:
+                f.seek(max(0, size - (8 << 20)))
+                tail = f.read()
+            at = tail.find(b"stsd")
+            if at < 0:
+                return None
+            data = tail
+        code = data[at + 16 : at + 20]  # stsd: version/flags (4), count (4), entry size (4), entry type (4)
+        if len(code) == 4 and code.isascii() and code not in (b"mp4a", b"tx3g", b"text", b"tmcd", b"Opus"):
+            return code.decode("ascii", "replace")
+        if at + 20 >= len(data):
+            return None
+
+
+def _no_decoder(path: Path, name: str) -> MediaError:
+    code = _mp4_video_fourcc(path)
+    codec = f"{_FOURCC_NAMES.get(code, 'codec')} ({code!r})" if code else "an unknown codec"
+    return MediaError(
+        f"{name}: its video is {codec}, which no installed decoder reads; "
+        "re-encode it to H.264 (e.g. ffmpeg -i in -c:v libx264 -c:a aac out.mp4)"
+    )
 
 
 def _stream_kinds(container) -> str:
@@ -138,66 +167,265 @@ def _stream_kinds(container) -> str:
     return ", ".join(kinds) if kinds else "no streams"
 
 
-# -- reading --------------------------------------------------------------------------------------
+def _is_still_image(container) -> bool:
+    fmt = container.format.name or ""
+    return fmt == "image2" or fmt.endswith("_pipe")
+
+
+def _packet_index(container, stream) -> tuple[np.ndarray, float]:
+    """Demux (no decoding) the video packets: (sorted presentation times (N,) in seconds, end time in
+    seconds of the last frame). Packets that an edit list marks to discard are left out, as the decoder
+    drops their frames."""
+    tb = float(stream.time_base) if stream.time_base else 0.0
+    pts: list[int] = []
+    end = None
+    missing = 0
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.is_discard:
+            continue
+        value = packet.pts if packet.pts is not None else packet.dts
+        if value is None or not tb:
+            missing += 1
+            continue
+        pts.append(value)
+        stop = value + (packet.duration or 0)
+        end = stop if end is None else max(end, stop)
+    if missing and not pts:  # no timestamps at all (raw streams): evenly spaced at the stream's rate
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        starts = np.arange(missing) / rate
+        return starts, float(missing / rate)
+    starts = np.sort(np.asarray(pts, np.int64)).astype(np.float64) * tb
+    last_end = end * tb if end is not None else 0.0
+    if len(starts) and last_end <= starts[-1]:  # no packet durations: one average frame after the last start
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or (len(starts) / max(starts[-1] - starts[0], 1e-9))
+        last_end = starts[-1] + 1.0 / rate
+    return starts, float(last_end)
+
+
+def video_timeline(path: str | os.PathLike) -> Optional[tuple[float, float]]:
+    """(start, duration) in seconds of the first video stream of the local file ``path``: the first
+    frame's presentation time (the smallest pts among the first packets, as B-frames reorder them; edit
+    lists are already applied by the demuxer) and the video's duration (from the stream header, or,
+    where it gives none, as mkv/webm, from a demux pass, as :func:`probe_video` measures it). None when
+    there is no video stream. No decoding."""
+    import av
+
+    with av.open(os.fspath(path), metadata_errors="ignore") as container:
+        if not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        tb = float(stream.time_base) if stream.time_base else 0.0
+        if not stream.duration or not tb:
+            starts, end = _packet_index(container, stream)
+            return (float(starts[0]), float(end - starts[0])) if len(starts) else None
+        first: Optional[int] = None
+        seen = 0
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.is_discard or packet.pts is None:
+                continue
+            first = packet.pts if first is None else min(first, packet.pts)
+            seen += 1
+            if seen >= 32:
+                break
+        if first is None:
+            start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        else:
+            start = first * tb
+        return start, float(stream.duration * tb)
+
+
+def _rotation_k(frame) -> int:
+    """Quarter turns counter-clockwise (np.rot90's k) that make a decoded frame upright, from its display
+    matrix (FFmpeg's convention: the matrix rotates by ``frame.rotation`` degrees counter-clockwise)."""
+    try:
+        degrees = float(frame.rotation or 0.0)
+    except (AttributeError, ValueError, TypeError):
+        return 0
+    return int(round(degrees / 90.0)) % 4
+
+
 class _Source:
-    """An open decord reader on a local file, with its frame start times (seconds)."""
+    """An opened video: checked, with its frame presentation times (seconds) from a demux pass; frames
+    are decoded by :meth:`chunks`, streaming, from a fresh container."""
 
     def __init__(self, path: Path, name: str, threads: int):
-        import decord
+        import av
 
-        self.name = name
-        self.width, self.height, self.has_audio = _validate(path, name)
+        self.path, self.name, self.threads = path, name, int(threads)
+        size = path.stat().st_size
+        if size == 0:
+            raise MediaError(f"{name}: empty file (0 bytes); expected a video")
+        _check_mp4_boxes(path, name)
         try:
-            self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
-            n = len(self.reader)
-            if n == 0:
+            with av.open(str(path), metadata_errors="ignore") as container:
+                if not container.streams:  # e.g. an mp4 whose only track has no samples
+                    raise MediaError(f"{name}: zero-length video (no streams, no frames); expected a video with at least one frame")
+                if not container.streams.video:
+                    raise MediaError(f"{name}: no video stream (found {_stream_kinds(container)}); expected a video file")
+                if _is_still_image(container):
+                    raise MediaError(f"{name}: cannot decode video (it is a still image, {container.format.name}); expected a video file")
+                self.has_audio = bool(container.streams.audio)
+                stream = container.streams.video[0]
+                if stream.codec_context is None:
+                    raise _no_decoder(path, name)
+                self.codec = stream.codec_context.name
+                width, height = stream.codec_context.width, stream.codec_context.height
+                if width <= 0 or height <= 0:
+                    raise MediaError(f"{name}: video stream has no frame size; the file is corrupt")
+                self.time_base = stream.time_base
+                self.starts, end = _packet_index(container, stream)
+                rate = float(stream.average_rate or stream.guessed_rate or 0)
+            if len(self.starts) == 0:
                 raise MediaError(f"{name}: zero-length video (no frames); expected a video with at least one frame")
-            ts = np.asarray(self.reader.get_frame_timestamp(np.arange(n)), dtype=np.float64).reshape(n, 2)
+            first = self._first_frame()
         except MediaError:
             raise
-        except (*_decode_errors(), AssertionError) as exc:
-            raise MediaError(f"{name}: cannot decode video ({_short(exc)}); the file may be corrupt or truncated") from None
-        self.frames = n
-        self.starts = ts[:, 0]
-        self.duration = float(ts[-1, 1] - ts[0, 0])
+        except av.DecoderNotFoundError:
+            raise _no_decoder(path, name) from None
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise MediaError(f"{name}: not a readable video ({_short(exc)}); expected an mp4/mov/mkv/webm file") from None
+        self.rotation_k = _rotation_k(first)
+        self.width, self.height = (height, width) if self.rotation_k % 2 else (width, height)
+        self.frames = len(self.starts)
+        self.start = float(self.starts[0])
+        self.duration = float(end - self.starts[0])
         if not np.isfinite(self.duration) or self.duration <= 0:
-            fps = float(self.reader.get_avg_fps() or 0.0)
-            self.duration = n / fps if fps > 0 else 0.0
-        self.fps = float(self.reader.get_avg_fps())
-        self._last: Optional[tuple[int, np.ndarray]] = None  # (source index, frame) of the last frame decoded
+            self.duration = self.frames / rate if rate > 0 else 0.0
+        self.fps = rate if rate > 0 else (self.frames / self.duration if self.duration > 0 else 0.0)
+
+    def _open(self):
+        import av
+
+        container = av.open(str(self.path), metadata_errors="ignore")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threads; memory stays a few frames per thread
+        stream.codec_context.thread_count = self.threads
+        return container, stream
+
+    def _first_frame(self):
+        """Decode the first frame: proves the stream decodes (a codec without a decoder, or garbage,
+        fails here, at probe time) and carries the display matrix."""
+        import av
+
+        container, stream = self._open()
+        try:
+            for frame in container.decode(stream):
+                return frame
+        except av.DecoderNotFoundError:
+            raise _no_decoder(self.path, self.name) from None
+        except (av.FFmpegError, ValueError) as exc:
+            raise MediaError(f"{self.name}: cannot decode video ({_short(exc)}); the file may be corrupt or truncated") from None
+        finally:
+            container.close()
+        raise MediaError(f"{self.name}: cannot decode video (no frame decodes); the file may be corrupt or truncated")
 
     def info(self) -> VideoInfo:
-        return VideoInfo(self.fps, self.frames, self.width, self.height, self.duration, self.has_audio)
+        return VideoInfo(self.fps, self.frames, self.width, self.height, self.duration, self.has_audio,
+                         self.start, self.codec, 90 * self.rotation_k)
 
-    def get(self, indices: np.ndarray) -> np.ndarray:
-        """indices: (n,) non-decreasing source indices -> (n, H, W, 3) uint8 frames."""
-        # Upsampling repeats source frames. Asked again for a frame it has passed, decord seeks back to a
-        # keyframe and decodes forward, so each source frame is decoded once: repeats inside a chunk are
-        # copies, and a repeat across a chunk boundary comes from the last frame kept here.
-        unique, inverse = np.unique(indices, return_inverse=True)
-        reuse = self._last is not None and unique[0] == self._last[0]
-        todo = unique[1:] if reuse else unique
+    def chunks(self, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+        """indices: (T,) non-decreasing source frame indices -> (n, H, W, 3) uint8 RGB chunks, n <= chunk.
+
+        One decode pass: each decoded frame is matched against the targets by its presentation time; a
+        source frame used by several outputs (upsampling) is converted once. A range that starts more than
+        two seconds in seeks to the keyframe before it (and decodes from the start if the seek overshoots)."""
+        if len(indices) == 0:
+            return
+        targets = self.starts[indices]
+        seek = float(targets[0]) - self.start > 2.0
+        produced = 0
+        for attempt in (seek, False) if seek else (False,):
+            gen = self._decode(targets, chunk, attempt)
+            try:
+                for block in gen:
+                    produced += len(block)
+                    yield block
+                return
+            except _Overshot:
+                if produced:  # cannot happen: an overshoot is seen before anything is yielded
+                    raise MediaError(f"{self.name}: seeking gave frames out of order; re-encode the file") from None
+                log.debug("%s: seek overshot, decoding from the start", self.name)
+
+    def _decode(self, targets: np.ndarray, chunk: int, seek: bool) -> Iterator[np.ndarray]:
+        import av
+
+        container, stream = self._open()
+        tb = float(self.time_base)
+        total = len(targets)
+        h, w = self.height, self.width
+        out = np.empty((min(chunk, total), h, w, 3), np.uint8)
+        filled = 0
+        j = 0
+        prev = None  # (frame, rgb or None)
+        k = -1  # decoded frame counter (for frames without pts)
         try:
-            decoded = _asnumpy(self.reader.get_batch(todo.tolist())) if len(todo) else None
-        except _decode_errors() as exc:
+            if seek:
+                container.seek(int(targets[0] / tb), stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                k += 1
+                t = frame.pts * tb if frame.pts is not None else (self.starts[min(k, len(self.starts) - 1)] if not seek else None)
+                if t is None:
+                    raise _Overshot()
+                if seek and k == 0 and t > targets[0] + 1e-6:
+                    raise _Overshot()
+                cur = [frame, None]
+                while j < total and targets[j] <= t + 1e-6:
+                    use = cur if (targets[j] >= t - 1e-6 or prev is None) else prev
+                    if use[1] is None:
+                        use[1] = self._rgb(use[0])
+                    out[filled] = use[1]
+                    filled += 1
+                    j += 1
+                    if filled == len(out):
+                        yield out
+                        out = np.empty((min(chunk, total - j), h, w, 3), np.uint8) if j < total else out
+                        filled = 0
+                if j == total:
+                    return
+                prev = cur  # kept unconverted unless a later target falls back to it
+        except _Overshot:
+            raise
+        except av.FFmpegError as exc:
             raise MediaError(
-                f"{self.name}: cannot decode source frames {int(indices[0])}-{int(indices[-1])} ({_short(exc)}); "
+                f"{self.name}: cannot decode video near {targets[min(j, total - 1)] - self.start:.2f} s ({_short(exc)}); "
                 "the file may be corrupt or truncated"
             ) from None
-        if reuse:
-            kept = self._last[1][None]
-            decoded = kept if decoded is None else np.concatenate([kept, decoded])
-        self._last = (int(unique[-1]), decoded[-1].copy())  # a copy: the caller may draw on its frames
-        return decoded if len(unique) == len(indices) else decoded[inverse]
+        finally:
+            container.close()
+        if prev is None:
+            if seek:
+                raise _Overshot()
+            raise MediaError(f"{self.name}: cannot decode video (no frame decodes); the file may be corrupt or truncated")
+        if j < total:
+            log.debug("%s: the stream ended %d frames before its index did; holding its last frame", self.name, total - j)
+        while j < total:  # the stream ended before the index said: hold its last frame
+            if prev[1] is None:
+                prev[1] = self._rgb(prev[0])
+            out[filled] = prev[1]
+            filled += 1
+            j += 1
+            if filled == len(out):
+                yield out
+                out = np.empty((min(chunk, total - j), h, w, 3), np.uint8) if j < total else out
+                filled = 0
+        if filled:
+            yield out[:filled]
+
+    def _rgb(self, frame) -> np.ndarray:
+        """A decoded frame as (H, W, 3) uint8 RGB, upright."""
+        rgb = frame.to_ndarray(format="rgb24")
+        if self.rotation_k:
+            rgb = np.rot90(rgb, self.rotation_k)
+        if rgb.shape[:2] != (self.height, self.width):
+            raise MediaError(
+                f"{self.name}: the frame size changes mid-stream ({rgb.shape[1]}x{rgb.shape[0]}, first frame "
+                f"{self.width}x{self.height}); re-encode the file to one size"
+            )
+        return rgb
 
 
-def _asnumpy(batch) -> np.ndarray:
-    # decord's bridge is process-global (someone may have set it to torch); accept any of its outputs.
-    if hasattr(batch, "asnumpy"):
-        return batch.asnumpy()
-    if hasattr(batch, "numpy"):
-        return batch.numpy()
-    return np.asarray(batch)
+class _Overshot(Exception):
+    """A seek landed after the first wanted frame (or frames lack timestamps): decode from the start."""
 
 
 def _round(x: float) -> int:
@@ -258,7 +486,7 @@ def iter_frames(
     """Frames of a video resampled to ``fps``, in chunks: each item is (n, H, W, 3) uint8 RGB, n <= chunk.
 
     ``start_s``/``end_s`` pick a time range of the source in seconds; ``start``/``stop`` are frame indices
-    at ``fps`` within that range. ``threads`` is decord's decoder thread count (0 = FFmpeg's choice);
+    at ``fps`` within that range. ``threads`` is the decoder's thread count (0 = FFmpeg's choice);
     one thread keeps batch jobs (one worker per core) predictable. An ``s3://`` video is downloaded to a
     temporary file for the length of the iteration. As with any generator, a missing or unreadable
     file raises (StorageError, MediaError) at the first ``next()``."""
@@ -269,8 +497,7 @@ def iter_frames(
         src = _Source(path, name, threads=threads)
         indices = frame_indices(src.starts, src.duration, fps, start, stop, start_s, end_s)
         log.debug("%s: %d source frames at %.3f fps -> %d frames at %g fps", name, src.frames, src.fps, len(indices), fps)
-        for k in range(0, len(indices), chunk):
-            yield src.get(indices[k : k + chunk])
+        yield from src.chunks(indices, chunk)
 
 
 def read_frames(uri: str | os.PathLike, fps: float = 24.0, start: int = 0, stop: Optional[int] = None, **kwargs) -> np.ndarray:

@@ -15,7 +15,10 @@ the reference's face crop canvas (``cfg.face.crop_size`` square, 512 by default)
 ``seconds`` gives exactly ``round(24 * seconds)`` frames: trimmed, or looped. Audio is looped before
 the pose is made from it, sample for sample as the renderer loops the muxed track, so lips and sound stay
 in sync on every pass. Whenever sound drove the pose (audio, or a video with an audio track),
-``meta["audio"]`` holds its URI for muxing.
+``meta["audio"]`` holds its URI for muxing. A video's sound is read on the video's timeline (frame 0
+with the sound at frame 0's presentation time, ``facepose.media.audio``); when the video (or a pose file
+with sound) is looped, ``meta["loop_frames"]`` is the driver's own length, so its sound, fitted to that
+length, loops with its frames.
 """
 
 from __future__ import annotations
@@ -116,6 +119,11 @@ def reference_face(reference: Reference, face_cfg: Optional[FaceConfig] = None):
 
 
 def _loop_to(pose: PoseSequence, frames: Optional[int]) -> PoseSequence:
+    """Trim or loop ``pose`` to ``frames``. When sound comes with it (``meta["audio"]``, a driving
+    video's track), ``meta["loop_frames"]`` records the driver's own length: the renderer fits the sound
+    to that many frames (silence or trim) and repeats it with the frames (media.audio.fit_track)."""
+    if pose.meta.get("audio"):
+        pose.meta["loop_frames"] = len(pose)
     return pose if frames is None or frames == len(pose) else pose.with_length(frames)
 
 

@@ -43,10 +43,12 @@ def render_video(
     an audio file or a pose Parquet) into an H.264 mp4 at ``output`` (path or URI; written atomically).
 
     When audio drove the pose (an audio file, or a driving video with sound), the video carries that
-    audio, trimmed or looped with the pose so it stays in sync. ``renderer`` reuses a loaded backend."""
+    audio, trimmed or looped with the pose so it stays in sync; a driving video's sound is taken on its
+    own timeline (the sound at its first frame's time plays with frame 0), padded with silence where
+    its audio track is shorter than the video, and loops with the video's frames. ``renderer`` reuses a loaded backend."""
     from facepose.config import FaceConfig
     from facepose.face.crop import crop_face
-    from facepose.media.audio import load_audio
+    from facepose.media.audio import fit_track, load_audio
     from facepose.media.image import read_image
     from facepose.media.video import VideoWriter
     from facepose.pose.source import from_source
@@ -68,11 +70,11 @@ def render_video(
     audio = None
     audio_uri = pose.meta.get("audio")
     if audio_uri:
-        audio = load_audio(audio_uri, sr=16000)
-        n = int(round(len(pose) / pose.fps * 16000))
-        if len(audio) < n:  # a looped pose loops its audio too
-            audio = np.resize(audio, n)
-        audio = audio[:n]
+        # A video's track comes on the video's timeline (sample 0 plays with frame 0); a looped driver
+        # loops its sound with its frames (fitted to the driver's length first), speech loops itself.
+        period = pose.meta.get("loop_frames")
+        audio = fit_track(load_audio(audio_uri, sr=16000), len(pose), pose.fps, 16000,
+                          period_frames=int(period) if period else None)
     if renderer is None:
         stage(f"loading the {backend} renderer")
         renderer = get_renderer(backend, cfg)
