@@ -56,7 +56,8 @@ class DiffusionRenderer:
                progress: Optional[ProgressFn] = None, name: Optional[str] = None) -> Iterator[np.ndarray]:
         """reference: (H, W, 3) uint8 RGB photo; pose: target landmarks on any canvas (letterboxed onto
         the square output, as iter_pose_images draws it) -> yields len(pose) frames (S, S, 3) uint8,
-        clip by clip. Bad input raises here, before the first frame."""
+        a decode chunk at a time (in context mode after the whole video is denoised). Bad input raises
+        here, before the first frame."""
         if len(pose) == 0:
             raise InputError(f"pose sequence{(' ' + pose.source) if pose.source else ''} has 0 frames; nothing to render")
         from facepose.face.crop import FaceCrop, crop_face
