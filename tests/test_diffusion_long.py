@@ -112,6 +112,21 @@ def test_one_context_window_is_plain_sampling_exactly(ref):
         np.testing.assert_array_equal(context.frames, plain.frames)
 
 
+def test_context_frames_are_decoded_a_chunk_at_a_time_and_streamed(released, ref):
+    sizes: list[int] = []
+    hook = released.vae.decoder.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    try:
+        out = released(ref, pose_images(61), num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+                       decode_chunk_size=8, stream=True)
+        assert out.long_video == "context" and sizes == []  # nothing runs before the first frame is asked for
+        first = next(out.frames)
+        assert first.shape == (SIZE, SIZE, 3) and sizes == [8]  # the first chunk only, not the whole video
+        rest = list(out.frames)
+    finally:
+        hook.remove()
+    assert len(rest) == 60 and sizes == [8] * 7 + [5]
+
+
 # -- Moore's windows and averaging ---------------------------------------------------------------------
 def test_closed_loop_windows_are_moores_uniform_scheduler():
     # Moore-AnimateAnyone's uniform scheduler as its long pipeline calls it (step 0, stride 1, closed loop):

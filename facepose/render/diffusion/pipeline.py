@@ -15,6 +15,12 @@ Two ways to render a video longer than one clip (``long_video``; ``auto`` picks 
   video are held (4 x h x w per frame: 64 KiB at 512 in fp32), never its decoded frames.
 
 Either way frames are decoded ``decode_chunk_size`` at a time and yielded, so memory stays bounded.
+
+The modes are not combined. Chaining conditions each clip on frames generated before it; under context
+sampling every frame is denoised at once, so there are no finished earlier frames to give, and released
+weights could not read them anyway. A checkpoint whose Motion Frames channels were trained (stage 1 on
+video) learnt clip-after-clip generation from real preceding frames: chaining is what it was trained for.
+Context windows inside one 24-frame clip would be a single window, i.e. plain sampling.
 """
 
 from __future__ import annotations
