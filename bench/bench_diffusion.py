@@ -2,13 +2,17 @@
 
     # CPU, tiny test sizes (64x64):
     .venv/bin/python bench/bench_diffusion.py
-    # GPU, real sizes (512x512, SD 1.5 UNets + motion modules, CLIP ViT-L/14, sd-vae-ft-mse), fp16, 20 DDIM steps:
-    .venv/bin/python bench/bench_diffusion.py --config sd15 --dtype fp16 --steps 20 --device cuda
+    # GPU, real sizes (512x512, SD 1.5 UNets + motion modules, CLIP ViT-L/14, sd-vae-ft-mse), fp16, 20 DDIM steps,
+    # both long-video modes (context: what released weights get; motion_frames: a stage-2 checkpoint):
+    .venv/bin/python bench/bench_diffusion.py --config sd15 --dtype fp16 --steps 20 --device cuda --long-video context
+    .venv/bin/python bench/bench_diffusion.py --config sd15 --dtype fp16 --steps 20 --device cuda --long-video motion_frames
 
 Random weights do the same arithmetic as trained ones, so the timing stands for a real checkpoint.
 A warm-up clip runs first (it also pays torch.compile's compile time); the timed run renders
-``--frames`` frames as chained 24-frame clips with classifier-free guidance, including the ReferenceNet
-once per clip and VAE decoding; the best of ``--repeats`` runs is reported. Prints a markdown table;
+``--frames`` frames with classifier-free guidance, as chained 24-frame clips (``--long-video
+motion_frames``: the ReferenceNet once per clip) or as one sequence denoised on overlapping 24-frame
+windows (``context``, overlap 4: the ReferenceNet once), with VAE decoding; the best of ``--repeats``
+runs is reported. Prints a markdown table;
 ``denoise`` is the share of time in the denoising loop.
 """
 
@@ -57,6 +61,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
     ap.add_argument("--size", type=int, default=0, help="frame side (default: the config's)")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many timed runs")
+    ap.add_argument("--long-video", default="context", choices=["context", "motion_frames"],
+                    help="context windows (released weights) or Motion Frames chaining (model.long_video)")
     args = ap.parse_args()
 
     import torch
@@ -80,23 +86,24 @@ def main() -> None:
             torch.cuda.synchronize()
 
     denoise_s = [0.0]
-    denoise = pipe.denoise
+    def timed(fn):
+        def wrapper(*a, **kw):
+            sync()
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            sync()
+            denoise_s[0] += time.perf_counter() - t
+            return out
+        return wrapper
 
-    def timed_denoise(*a, **kw):
-        sync()
-        t = time.perf_counter()
-        out = denoise(*a, **kw)
-        sync()
-        denoise_s[0] += time.perf_counter() - t
-        return out
-
-    pipe.denoise = timed_denoise
+    pipe.denoise = timed(pipe.denoise)
+    pipe.denoise_windows = timed(pipe.denoise_windows)
 
     def run(frames: int) -> float:
         sync()
         t = time.perf_counter()
         out = pipe(ref, pose[:frames], mask, height=size, width=size, num_inference_steps=args.steps,
-                   guidance_scale=args.guidance, generator=torch.Generator().manual_seed(0))
+                   guidance_scale=args.guidance, generator=torch.Generator().manual_seed(0), long_video=args.long_video)
         sync()
         assert len(out.frames) == frames
         return time.perf_counter() - t
@@ -115,12 +122,17 @@ def main() -> None:
     params = sum(p.numel() for m in (pipe.reference_unet, pipe.denoising_unet) for p in m.parameters()) / 1e6
 
     print(f"\ntorch {torch.__version__}; build {build_s:.1f} s; warm-up clip {warm_s:.1f} s; UNets {params:.1f} M parameters\n")
-    print("| config | device | dtype | attention | compile | size | frames (clips) | DDIM steps | CFG | s/frame "
-          "| total s | denoise | peak GPU GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    clips = len(pipe.clip_lengths(args.frames))
+    print("| config | device | dtype | attention | compile | size | long video | frames (clips or windows) | DDIM steps "
+          "| CFG | s/frame | total s | denoise | peak GPU GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if args.long_video == "context":
+        from facepose.render.diffusion.pipeline import context_windows
+
+        parts = len(context_windows(args.frames, pipe.config.clip_length, 4))
+    else:
+        parts = len(pipe.clip_lengths(args.frames))
     print(f"| {args.config} | {device} | {args.dtype} | {args.attention} | {'yes' if args.compile else 'no'} | {size}x{size} | "
-          f"{args.frames} ({clips}) | {args.steps} | {args.guidance if args.guidance > 1 else 'off'} | "
+          f"{args.long_video} | {args.frames} ({parts}) | {args.steps} | {args.guidance if args.guidance > 1 else 'off'} | "
           f"{total / args.frames:.3f} | {total:.1f} | {denoise_total / total:.0%} | {peak} |")
 
 

@@ -138,6 +138,12 @@ class ModelConfig:
     attention: str = "sdpa"  # sdpa (torch scaled_dot_product_attention) | math (explicit softmax(QK^T)V)
     compile: bool = False  # torch.compile the denoising UNet (first clip pays the compile time)
     decode_chunk: int = 8  # frames per VAE decode call
+    # Videos longer than one clip (README "Long videos"): auto = context windows when the checkpoint's
+    # Motion Frames channels are zero (every released Moore checkpoint), Motion Frames chaining when trained
+    long_video: str = "auto"  # auto | context | motion_frames
+    context_frames: int = 24  # frames per context window (<= 32, the motion modules' length)
+    context_overlap: int = 4  # frames shared by neighbouring windows (averaged at every step)
+    context_loop: bool = False  # closed loop: the last windows wrap to the first frames (Moore's scheduler), for loops
     # Moore layout: sub-folders of `checkpoint` (or absolute paths / URIs)
     sd15_dir: str = "stable-diffusion-v1-5"  # only unet/config.json is read
     vae_dir: str = "sd-vae-ft-mse"

@@ -24,6 +24,10 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, AttnP
 from torch import Tensor, nn
 
 INNER = {"sdpa": AttnProcessor2_0, "math": AttnProcessor}
+# Moore-AnimateAnyone's ReferenceAttentionControl.update copies the bank to float16 in every run (fp32
+# included); the readers use it in their own dtype. Matching it keeps fp32 renders of released weights
+# within float rounding of theirs (and halves the bank's memory).
+BANK_DTYPE = torch.float16
 
 
 def is_spatial_self_attention(name: str) -> bool:
@@ -34,7 +38,8 @@ def is_spatial_self_attention(name: str) -> bool:
 class ReferenceBank:
     """Reference features shared by writers and readers of one pipeline.
 
-    features: module path -> (B_ref, N, C) normalised hidden states from the ReferenceNet;
+    features: module path -> (B_ref, N, C) normalised hidden states from the ReferenceNet, stored in
+    ``BANK_DTYPE`` (fp16, as Moore-AnimateAnyone) and cast to the reader's dtype when read;
     num_frames: F, frames per sample in the denoising batch (its rows are batch-major, b * F + f);
     uncond: leading samples of the batch that get no reference (1 under classifier-free guidance).
     """
@@ -81,7 +86,7 @@ class ReferenceWriter(_Wrapped):
     def __call__(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Optional[Tensor] = None,
                  attention_mask: Optional[Tensor] = None, temb: Optional[Tensor] = None, **kwargs: Any) -> Tensor:
         if self.bank.is_writing:
-            self.bank.features[self.name] = hidden_states
+            self.bank.features[self.name] = hidden_states.to(BANK_DTYPE)
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 

@@ -22,6 +22,8 @@ from facepose.config import ModelConfig
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 ATTENTION_BACKENDS = ("sdpa", "math")
 TEMPORAL_NORMS = ("frame", "clip")
+MOTION_NORM_GROUPS = 32  # AnimateDiff / Moore-AnimateAnyone motion modules: GroupNorm(32, C) (motion.py)
+LONG_VIDEO_MODES = ("auto", "context", "motion_frames")
 
 
 @dataclass
@@ -77,6 +79,10 @@ def check_arch(arch: ArchConfig, where: str = "model architecture") -> None:
         raise ConfigError(f"{where}: clip_length {arch.clip_length} must be in 1..{max_len} (motion_max_seq_length)")
     if not 0 <= arch.motion_frames <= arch.clip_length:
         raise ConfigError(f"{where}: motion_frames {arch.motion_frames} must be in 0..clip_length")
+    widths = [int(c) for c in arch.unet.get("block_out_channels", [])]
+    if any(c % MOTION_NORM_GROUPS for c in widths):
+        raise ConfigError(f"{where}: unet.block_out_channels {widths} must be multiples of {MOTION_NORM_GROUPS} "
+                          f"(the motion modules' GroupNorm groups, as in AnimateDiff and Moore-AnimateAnyone)")
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -86,3 +92,8 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.attention {cfg.attention!r} is not one of {ATTENTION_BACKENDS}")
     if cfg.steps < 1:
         raise ConfigError(f"model.steps must be at least 1, got {cfg.steps}")
+    if cfg.long_video not in LONG_VIDEO_MODES:
+        raise ConfigError(f"model.long_video {cfg.long_video!r} is not one of {LONG_VIDEO_MODES}")
+    if cfg.context_frames < 1 or not 0 <= cfg.context_overlap < cfg.context_frames:
+        raise ConfigError(f"model.context_frames ({cfg.context_frames}) must be >= 1 and model.context_overlap "
+                          f"({cfg.context_overlap}) in 0..context_frames-1")

@@ -9,6 +9,12 @@ here with :class:`FrameGroupNorm` swapped in (``temporal_norm="frame"``, the def
 only that norm module (a ``nn.GroupNorm`` subclass, same parameters), not the blocks; ``"clip"`` keeps
 diffusers' behaviour. Per-frame statistics also make a frame's normalisation independent of the
 clip's length and of the other frames in it.
+
+Groups. That norm has 32 groups in AnimateDiff's and Moore's ``TemporalTransformer3DModel`` whatever the
+UNet's ``norm_num_groups``; diffusers builds it with the UNet's. Both are 32 at SD 1.5 size, but a
+smaller config (``configs/model/tiny.yaml``: 2) would otherwise be a different model from Moore's at that
+size. The swap therefore always uses ``MOTION_NORM_GROUPS`` (32): group count is not a parameter, so keys
+and shapes are unchanged, and the tiny model is architecturally Moore's motion module at toy width.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch.nn.functional as F
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
-from facepose.render.diffusion.config import TEMPORAL_NORMS, ArchConfig
+from facepose.render.diffusion.config import MOTION_NORM_GROUPS, TEMPORAL_NORMS, ArchConfig
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -36,10 +42,13 @@ class FrameGroupNorm(nn.GroupNorm):
         return y.reshape(b, f, c, h, w).transpose(1, 2)  # (B*F, C, H, W) -> (B, C, F, H, W)
 
 
-def _swap_norm(old: nn.GroupNorm, cls: type[nn.GroupNorm]) -> nn.GroupNorm:
-    if type(old) is cls:
+def _swap_norm(old: nn.GroupNorm, cls: type[nn.GroupNorm], groups: int) -> nn.GroupNorm:
+    if type(old) is cls and old.num_groups == groups:
         return old
-    new = cls(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine, device="meta")
+    if old.num_channels % groups:
+        raise ValueError(f"a motion module of {old.num_channels} channels cannot be normalised in {groups} groups "
+                         f"(AnimateDiff/Moore-AnimateAnyone use {MOTION_NORM_GROUPS}); use block_out_channels divisible by it")
+    new = cls(groups, old.num_channels, eps=old.eps, affine=old.affine, device="meta")
     new.weight, new.bias = old.weight, old.bias  # the same Parameters (device, dtype); only forward differs
     new.train(old.training)
     return new
@@ -47,14 +56,14 @@ def _swap_norm(old: nn.GroupNorm, cls: type[nn.GroupNorm]) -> nn.GroupNorm:
 
 def set_temporal_norm(unet: nn.Module, mode: str = "frame") -> int:
     """Make every motion module's input GroupNorm normalise per frame (``"frame"``, AnimateDiff/Moore) or
-    across the clip (``"clip"``, diffusers). Returns how many norms were set."""
+    across the clip (``"clip"``, diffusers), in ``MOTION_NORM_GROUPS`` groups. Returns how many norms were set."""
     if mode not in TEMPORAL_NORMS:
         raise ValueError(f"unknown temporal_norm {mode!r}; choose from {sorted(TEMPORAL_NORMS)}")
     cls = FrameGroupNorm if mode == "frame" else nn.GroupNorm
     count = 0
     for module in unet.modules():
         if isinstance(module, AnimateDiffTransformer3D):
-            module.norm = _swap_norm(module.norm, cls)
+            module.norm = _swap_norm(module.norm, cls, MOTION_NORM_GROUPS)
             count += 1
     return count
 

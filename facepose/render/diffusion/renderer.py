@@ -1,5 +1,5 @@
 """The ``diffusion`` renderer: crop the reference face, draw the pose, run :class:`FaceAnimationPipeline`
-clip by clip and yield frames one by one.
+(context windows or Motion Frames chaining: ``model.long_video``) and yield frames one by one.
 
 Registered as ``diffusion`` in :mod:`facepose.render.base`; torch / diffusers are imported only when a
 renderer is built.
@@ -56,7 +56,8 @@ class DiffusionRenderer:
                progress: Optional[ProgressFn] = None, name: Optional[str] = None) -> Iterator[np.ndarray]:
         """reference: (H, W, 3) uint8 RGB photo; pose: target landmarks on any canvas (letterboxed onto
         the square output, as iter_pose_images draws it) -> yields len(pose) frames (S, S, 3) uint8,
-        clip by clip. Bad input raises here, before the first frame."""
+        a decode chunk at a time (in context mode after the whole video is denoised). Bad input raises
+        here, before the first frame."""
         if len(pose) == 0:
             raise InputError(f"pose sequence{(' ' + pose.source) if pose.source else ''} has 0 frames; nothing to render")
         from facepose.face.crop import FaceCrop, crop_face
@@ -73,27 +74,16 @@ class DiffusionRenderer:
                 progress: Optional[ProgressFn]) -> Iterator[np.ndarray]:
         import torch
 
-        from facepose.face.crop import face_mask
-        from facepose.pose.draw import iter_pose_images, letterbox
-
         size = self.size
         total = len(pose)
-        scale, dx, dy = letterbox(pose.width, pose.height, size)
-        target = pose.landmarks * np.float32(scale) + np.array([dx, dy], np.float32)  # (T, 68, 2) output pixels
-        target[~pose.visible] = np.nan  # frames where the face was lost stay out of the mask
-
-        def masks() -> Iterator[np.ndarray]:
-            start = 0
-            for length in self.pipeline.clip_lengths(total):  # EMO: the face region is the union over the clip
-                m = face_mask(target[start:start + length], size=(size, size), expand=self.face_cfg.mask_expand)
-                for _ in range(length):
-                    yield m
-                start += length
-
         out = self.pipeline(
-            reference, iter_pose_images(pose, size=size, point_radius=self.point_radius), masks(), num_frames=total,
-            height=size, width=size, num_inference_steps=self.model.steps, guidance_scale=self.model.guidance,
-            generator=torch.Generator("cpu").manual_seed(int(seed)), decode_chunk_size=self.model.decode_chunk, stream=True,
+            reference, PoseImages(pose, size, self.point_radius), FaceMasks(pose, size, self.pipeline.config.clip_length,
+                                                                           self.face_cfg.mask_expand),
+            num_frames=total, height=size, width=size, num_inference_steps=self.model.steps,
+            guidance_scale=self.model.guidance, generator=torch.Generator("cpu").manual_seed(int(seed)),
+            decode_chunk_size=self.model.decode_chunk, stream=True, long_video=self.model.long_video,
+            context_frames=self.model.context_frames, context_overlap=self.model.context_overlap,
+            context_loop=self.model.context_loop,
         )
         for i, frame in enumerate(out.frames, 1):
             if progress is not None:
@@ -108,6 +98,62 @@ class DiffusionRenderer:
             self._face_detector = FaceDetector(self.face_cfg)
             self._predictor = get_landmark_model(self.face_cfg)
         return self._face_detector
+
+
+class PoseImages:
+    """The drawn pose frames of ``pose`` on the square output, drawn on demand: ``images[i]`` is frame i as
+    ``iter_pose_images`` draws it, (size, size, 3) uint8. Context-window rendering reads every window at
+    every step; drawing 68 dots again costs far less than holding a long video's pose images."""
+
+    def __init__(self, pose: PoseSequence, size: int, point_radius: float = 3.0):
+        from facepose.pose.draw import letterbox, scaled_radius
+
+        self.pose, self.size = pose, int(size)
+        scale, dx, dy = letterbox(pose.width, pose.height, self.size)
+        self.scale, self.offset = np.float32(scale), np.array([dx, dy], np.float32)
+        self.radius = scaled_radius(self.size, self.size, base=point_radius)
+
+    def __len__(self) -> int:
+        return len(self.pose)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from facepose.pose.draw import draw_pose
+
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        pts = self.pose.landmarks[i] * self.scale + self.offset
+        return draw_pose(pts, (self.size, self.size), radius=self.radius, scores=self.pose.scores[i])
+
+
+class FaceMasks:
+    """EMO's face-region masks of ``pose`` on the square output, by index: frame i gets the union of the
+    face boxes (expanded by ``expand``) over its block of ``block`` frames (a clip in motion_frames mode);
+    frames where the face was lost stay out. One block is kept at a time."""
+
+    def __init__(self, pose: PoseSequence, size: int, block: int, expand: float = 1.2):
+        from facepose.pose.draw import letterbox
+
+        self.size, self.block, self.expand = int(size), max(1, int(block)), expand
+        scale, dx, dy = letterbox(pose.width, pose.height, self.size)
+        self.target = pose.landmarks * np.float32(scale) + np.array([dx, dy], np.float32)  # (T, 68, 2) output pixels
+        self.target[~pose.visible] = np.nan
+        self._cached: tuple[int, Optional[np.ndarray]] = (-1, None)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from facepose.face.crop import face_mask
+
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        b = (i % len(self)) // self.block
+        if self._cached[0] != b:
+            start = b * self.block
+            mask = face_mask(self.target[start:start + self.block], size=(self.size, self.size), expand=self.expand)
+            self._cached = (b, mask)
+        assert self._cached[1] is not None
+        return self._cached[1]
 
 
 def resolve_device(device: str) -> str:
