@@ -110,10 +110,10 @@ def run_shard(index: int, jobs: list[dict], ctx: RunContext) -> int:
     return elsewhere
 
 
-@task(name="plan", **STORAGE_RETRIES)
-def plan_task(kind: JobKind, manifest: str, out: str, retry_failed: bool) -> Plan:
-    """Read and validate the manifest and plan the run against earlier results and markers."""
-    return plan_run(kind, manifest, out, retry_failed=retry_failed)
+# The storage steps of the flow body, with the retry policy of every storage task.
+plan_task = task(name="plan", **STORAGE_RETRIES)(plan_run)
+record_task = task(name="record-plan", **STORAGE_RETRIES)(record_plan)
+finish_task = task(name="finish", **STORAGE_RETRIES)(finish)
 
 
 def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional[list[str]], retry_failed: bool,
@@ -134,9 +134,9 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
     kind = get_kind(kind_name, cfg)
     plan, callback = handed.get() or (None, None)
     if plan is None or (plan.manifest, plan.out) != (manifest, out):
-        plan = plan_task(kind, manifest, out, retry_failed)
+        plan = plan_task(kind, manifest, out, retry_failed=retry_failed)
     logger.info("%s", plan.describe())
-    record_plan(kind, plan)
+    record_task(kind, quote(plan))
     progress = RunProgress(plan.total, kind.id_column, callback, artifact_key=f"{kind.name}-progress", description=f"{kind.name} {manifest} -> {out}")
     for row in plan.kept + plan.failed:
         progress.add(row)
@@ -172,7 +172,7 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
 
     # Load: summary (this run's parts), compaction, artifacts
     progress.publish()
-    summary = finish(kind, plan, grace_s=cfg.batch.compact_grace_s, t0=t0, work_s=work_s, elsewhere=elsewhere, flow_run_id=str(flow_run.id))
+    summary = finish_task(kind, quote(plan), grace_s=cfg.batch.compact_grace_s, t0=t0, work_s=work_s, elsewhere=elsewhere, flow_run_id=str(flow_run.id))
     rows = summary.pop("rows") + [dict(r, status="skipped") for r in plan.kept[:TABLE_ROWS]]
     rows.sort(key=lambda r: (r["status"] != "error", r[kind.id_column]))
     create_table_artifact(table=[{k: r.get(k) for k in kind.result_schema.names if k not in ("transient", "input_digest")} for r in rows[:TABLE_ROWS]],
