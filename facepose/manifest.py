@@ -248,7 +248,7 @@ class RenderJob:
     input_digest: str = ""
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}  # flat fields: no deep copy (asdict is slow)
 
 
 def result_row(job_id: str, status: str, *, output: Optional[str] = None, frames: int = 0, seconds: float = 0.0, render_s: float = 0.0,
@@ -288,6 +288,7 @@ def parse_render_rows(
     seen_ids: dict[str, int] = {}
     seen_outputs: dict[str, str] = {}
     prefix = output_prefix.rstrip("/")
+    prefix_path = os.path.normpath(storage.parse(prefix).path)
     for n, raw in enumerate(rows, 1):
         job_id = _text(raw.get("job_id"))
         job_id = unicodedata.normalize("NFC", job_id) if job_id else None
@@ -328,15 +329,16 @@ def parse_render_rows(
                     raise _field_error(n, job_id, f"seed {raw['seed']!r} is not an integer") from None
             row_backend = _text(raw.get("backend")) or backend
             output = _text(raw.get("output"))
+            default_output = output is None  # <prefix>/<job_id>.mp4 is under the prefix by construction (ids hold no '/')
             if output is None:
                 output = f"{prefix}/{job_id}.mp4"
             elif not ("://" in output or os.path.isabs(output)):
                 output = storage.join(prefix, output)
-            if not storage.is_under(output, prefix) or storage.is_under(output, storage.join(prefix, DONE_DIR)):
+            if not default_output and (not storage.is_under(output, prefix) or storage.is_under(output, storage.join(prefix, DONE_DIR))):
                 raise _field_error(n, job_id, f"output {output} is outside the output prefix {prefix}; leave output empty or put it under the prefix")
             if not output.lower().endswith(".mp4"):
                 raise _field_error(n, job_id, f"output {output} must end in .mp4")
-            key = os.path.normpath(storage.parse(output).path)
+            key = f"{prefix_path}/{job_id}.mp4" if default_output else os.path.normpath(storage.parse(output).path)
             if key in seen_outputs:
                 raise _field_error(n, job_id, f"output {output} is also the output of job {seen_outputs[key]!r}; outputs must differ")
             seen_outputs[key] = job_id
@@ -353,11 +355,19 @@ def parse_render_rows(
     return jobs, errors
 
 
-def attach_digests(jobs: list[RenderJob]) -> tuple[list[RenderJob], list[dict[str, Any]]]:
+def attach_digests(jobs: list[RenderJob], fingerprints: Optional[dict[str, Optional[str]]] = None) -> tuple[list[RenderJob], list[dict[str, Any]]]:
     """Fill each job's ``input_digest`` from its inputs' fingerprints -> (jobs, error results for jobs
-    whose reference or driver file does not exist). Transient storage errors raise (the caller retries)."""
+    whose reference or driver file does not exist). Transient storage errors raise (the caller retries).
+    ``fingerprints``: a cache by URI for one planning pass (many jobs share a reference)."""
     ok: list[RenderJob] = []
     errors: list[dict[str, Any]] = []
+    cache = {} if fingerprints is None else fingerprints
+
+    def fingerprint(uri: str) -> Optional[str]:
+        if uri not in cache:
+            cache[uri] = storage.fingerprint(uri)
+        return cache[uri]
+
     for job in jobs:
         ref_fp = fingerprint(job.reference)
         if ref_fp is None:

@@ -23,13 +23,18 @@ class RenderKind(JobKind):
     def results_name(self) -> str:  # type: ignore[override]
         return self.cfg.render.results
 
+    def __init__(self, cfg: Any):
+        super().__init__(cfg)
+        self._fingerprints: dict[str, Optional[str]] = {}  # one planning pass: many jobs share a reference
+
     def parse(self, rows: list[dict[str, Any]], out: str, base: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        self._fingerprints.clear()
         jobs, errors = mf.parse_render_rows(rows, out, base=base, backend=self.cfg.render.backend, seed=self.cfg.render.seed,
                                             max_seconds=self.cfg.batch.max_seconds)
         return [j.to_row() for j in jobs], errors
 
     def digest(self, job: dict[str, Any]) -> Optional[str]:
-        ok, _ = mf.attach_digests([mf.RenderJob(**job)])
+        ok, _ = mf.attach_digests([mf.RenderJob(**job)], self._fingerprints)
         return ok[0].input_digest if ok else None
 
     def missing(self, job: dict[str, Any]) -> str:
