@@ -10,6 +10,8 @@ looking for upstream futures.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -33,6 +35,26 @@ from tasks.run import handed
 TABLE_ROWS = 500  # rows of the summary table artifact (errors first)
 
 
+def setup_actor_process(cfg: Any, env: Optional[dict[str, str]]) -> None:
+    """Per-process settings: ``env`` (thread caps, storage endpoint and keys) before the heavy imports
+    read it, then OpenCV's thread count and the storage config."""
+    os.environ.update(env or {})
+    import cv2
+
+    from facepose import storage
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    threads = max(1, int(cfg.batch.threads_per_actor))
+    cv2.setNumThreads(threads)
+    try:  # BLAS pools that numpy started before the environment was set
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+    except ImportError:
+        pass
+    storage.configure(cfg.storage)
+
+
 class KindActor:
     """The Ray actor of every kind: ``kind.load()`` once, then ``kind.run(row)`` per row.
 
@@ -40,9 +62,7 @@ class KindActor:
     output prefix; env: environment for this process (:func:`tasks.pool.actor_env`)."""
 
     def __init__(self, kind: str, cfg: Any, out: str, env: Optional[dict[str, str]] = None):
-        from tasks.actors import _setup
-
-        _setup(cfg, env)
+        setup_actor_process(cfg, env)
         self.kind, self.out = get_kind(kind, cfg), out
         self.models = self.kind.load()
 
