@@ -11,6 +11,7 @@ with ``prefect.yaml``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any, Optional, Sequence
@@ -83,7 +84,7 @@ def render_new_manifests(
         if name.lower().endswith(MANIFEST_SUFFIXES) and not name.startswith(("_", ".")) and not storage.exists(_manifest_marker(out, stem)):
             new.append((uri, stem))
     summaries = []
-    with ray_session(cfg.batch):  # one Ray for all the manifests of this run
+    with ray_session(cfg.batch) if new else contextlib.nullcontext():  # one Ray for all the new manifests of this run
         for uri, stem in new:
             logger.info("new manifest %s -> %s", uri, storage.join(out, stem))
             summary = render_flow(uri, storage.join(out, stem), overrides=overrides, config_files=config_files)
