@@ -7,9 +7,14 @@
    time - 1: the worker-seconds the flow spends beyond the loop's (0 % = perfect).
 2. Scaling: flow time with 1 Ray worker / with 2 workers (2.0x = perfect on 2 cores).
 3. Curation: frames/s of the curation flow (2 workers) against the curation unit alone in a loop.
+4. Reruns from the command line: ``facepose render-batch`` of a 1-job manifest (fresh process: Prefect's
+   temporary server, Ray, the render) against a rerun of the 100-job manifest with everything done.
+5. Scale of the bookkeeping: planning a manifest of ``--rows`` rows (100,000), and its results
+   bookkeeping with simulated result rows (one part a shard, a compaction, the summary), against the
+   rendering time those rows account for (at the warm loop's seconds per job).
 
-    python bench/bench_orchestration.py                 # 100 jobs, 6 curation videos of 8 s
-    python bench/bench_orchestration.py --jobs 20 --videos 2 --video-seconds 2   # a quick look
+    python bench/bench_orchestration.py                 # 100 jobs, 6 curation videos of 8 s, 100,000 rows
+    python bench/bench_orchestration.py --jobs 20 --videos 2 --video-seconds 2 --rows 10000  # a quick look
 
 Ray starts once (2 CPUs) and Prefect's temporary server once, before any timing; each flow run
 still pays for starting its actors, which is part of the overhead measured. Outputs go to local disk.
@@ -88,6 +93,65 @@ def flow_run(manifest: Path, out: Path, workers: int, shard: int) -> tuple[float
     return wall, summary
 
 
+def cli(*args: str) -> float:
+    """Wall time of ``facepose ARGS`` in a fresh process."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "facepose.cli", *args], check=False, capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return time.perf_counter() - t0
+
+
+def bookkeeping(d: Path, reference: Path, n: int, shard: int) -> dict[str, float]:
+    """Plan a manifest of ``n`` rows, then write one simulated result part a shard, compact and summarize."""
+    import resource
+
+    from facepose.batch import get_kind
+    from facepose.batch.plan import plan_run
+    from facepose.batch.results import iter_shards, write_part
+    from facepose.batch.summary import finish, record_plan
+    from facepose.config import Config
+    from facepose import manifest as mf
+
+    manifest = d / "big.csv"
+    write_manifest(manifest, reference, n)
+    kind, out = get_kind("render", Config()), str(d / "big-out")
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    plan = plan_run(kind, str(manifest), out)
+    plan_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    record_plan(kind, plan)
+    for i, jobs in enumerate(iter_shards(plan.todo, shard)):
+        rows = [mf.result_row(j["job_id"], "ok", output=j["output"], frames=24, seconds=1.0, render_s=0.2, input_digest=j["input_digest"]) for j in jobs]
+        write_part(kind, out, plan.run_id, f"{i:06d}", rows)
+    parts_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    summary = finish(kind, plan, grace_s=0.0, t0=t0)
+    finish_s = time.perf_counter() - t2
+    assert summary["ok"] == n, summary["ok"]
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t3 = time.perf_counter()
+    again = plan_run(kind, str(manifest), out)
+    replan_s = time.perf_counter() - t3
+    assert not again.todo
+    return {"plan_s": plan_s, "parts_s": parts_s, "finish_s": finish_s, "replan_s": replan_s, "rss_mb": (rss1 - rss0) / 1024}
+
+
+def actor_start(workers: int) -> float:
+    """Seconds until ``workers`` render actors have loaded their models (as a flow's pool does)."""
+    from facepose.config import Config
+    from tasks.pool import ActorPool
+    from tasks.shard import KindActor
+
+    t0 = time.perf_counter()
+    pool = ActorPool(KindActor, ("render", Config(), "/tmp"), workers, on_crash=lambda row, exc: row)
+    pool.wait_ready()
+    dt = time.perf_counter() - t0
+    pool.shutdown()
+    return dt
+
+
 def curation_videos(d: Path, n: int, seconds: float) -> Path:
     from make_examples import espeak, moving_face_frames
     from skimage import data
@@ -130,6 +194,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs of each render configuration, interleaved; the fastest counts (for noisy machines)")
     p.add_argument("--videos", type=int, default=6, help="curation videos")
     p.add_argument("--video-seconds", type=float, default=8.0, help="length of each curation video")
+    p.add_argument("--rows", type=int, default=100_000, help="rows of the planning/bookkeeping manifest")
+    p.add_argument("--skip-curation", action="store_true", help="leave out the curation section")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -156,15 +222,23 @@ def main(argv: list[str]) -> int:
         loop_s = plain_loop(manifest, d / "loop", warm=True)
         cold_s, flow1_s, flow2_s = min(cold), min(flow1), min(flow2)
         rerun_s, s3 = flow_run(manifest, d / "flow2-0", 2, args.shard)  # everything done: planning only
+        _, last = flow_run(manifest, d / "where", 2, args.shard)  # where a 2-worker run's time goes
+        start_s = actor_start(2)
 
-        (d / "videos").mkdir()
-        cm = curation_videos(d / "videos", args.videos, args.video_seconds)
-        unit_s, unit_frames = curate_unit(cm, d / "unit")
-        from flows.curate import run_curate
+        write_manifest(d / "one.csv", ref, 1)
+        one_cli = cli("render-batch", str(d / "one.csv"), "-o", str(d / "cli-one"))
+        noop_cli = cli("render-batch", str(manifest), "-o", str(d / "flow2-0"))
+        book = bookkeeping(d, ref, args.rows, args.shard)
 
-        t0 = time.perf_counter()
-        cs = run_curate(str(cm), str(d / "dataset"), overrides=["curate.workers=2", "curate.shard_size=2"])
-        cflow_s = time.perf_counter() - t0
+        if not args.skip_curation:
+            (d / "videos").mkdir()
+            cm = curation_videos(d / "videos", args.videos, args.video_seconds)
+            unit_s, unit_frames = curate_unit(cm, d / "unit")
+            from flows.curate import run_curate
+
+            t0 = time.perf_counter()
+            cs = run_curate(str(cm), str(d / "dataset"), overrides=["curate.workers=2", "curate.shard_size=2"])
+            cflow_s = time.perf_counter() - t0
     ray.shutdown()
 
     video_s = args.jobs * 1.0
@@ -178,6 +252,25 @@ def main(argv: list[str]) -> int:
     print(f"| rerun, all done (skips {s3['skipped']}) | {rerun_s:.1f} | - | - |")
     print(f"\nScaling 1 -> 2 workers: {flow1_s / flow2_s:.2f}x; 2 workers vs the cold loop: {cold_s / flow2_s:.2f}x; "
           f"video rendered: {video_s:.0f} s in {flow2_s:.1f} s wall (2 workers).\n")
+    print(f"Where a 2-worker run's {last['wall_s']:.1f} s go: planning and results before work {last['wall_s'] - last['work_s']:.1f} s "
+          f"(of which the summary and compaction after it), transform stage {last['work_s']:.1f} s (2 actors starting and loading "
+          f"their models: {start_s:.1f} s; renders at the warm loop's pace: {loop_s / 2:.1f} s).\n")
+    print("## Reruns from the command line\n")
+    print(f"`facepose render-batch` of a 1-job manifest (fresh process): {one_cli:.1f} s; a rerun of the {args.jobs}-job manifest with "
+          f"everything done: {noop_cli:.2f} s ({noop_cli / one_cli:.0%} of the 1-job run).\n")
+    render_s = args.rows * loop_s / args.jobs
+    keep = book["parts_s"] + book["finish_s"]
+    print(f"## Bookkeeping at {args.rows:,} rows (local disk)\n")
+    print("| step | s |")
+    print("|---|---:|")
+    print(f"| plan (read, validate, digest {args.rows:,} rows; no results yet) | {book['plan_s']:.1f} |")
+    print(f"| write {args.rows // args.shard:,} result parts (simulated rows) | {book['parts_s']:.1f} |")
+    print(f"| summary and compaction into results.parquet (once) | {book['finish_s']:.1f} |")
+    print(f"| rerun plan (everything done) | {book['replan_s']:.1f} |")
+    print(f"\nBookkeeping {keep:.1f} s against {render_s:,.0f} s of rendering at the warm loop's pace: {keep / render_s:.2%}; "
+          f"the driver's peak RSS grew {book['rss_mb']:.0f} MB.\n")
+    if args.skip_curation:
+        return 0
     print(f"## Curation ({args.videos} videos x {args.video_seconds:g} s at 24 fps, 256x256, speech audio)\n")
     print("| run | frames | wall s | frames/s |")
     print("|---|---:|---:|---:|")

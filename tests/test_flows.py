@@ -33,7 +33,7 @@ from tests.fixtures_batch import ROOT, make_examples, prefect_harness, ray_local
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
 
-FAST = ["render.workers=2", "render.shard_size=2", "storage.backoff_s=0.2"]
+FAST = ["render.workers=2", "render.shard_size=2", "storage.backoff_s=0.2", "batch.lease_s=3"]
 
 
 # -- inputs on S3 -----------------------------------------------------------------------------------
@@ -195,6 +195,13 @@ def test_bad_rows_fail_alone_with_clear_errors(s3, s3_server, inputs):
     assert len(_results(s3_server, out)) == 8
 
 
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def _ray_address() -> str:
     import ray
 
@@ -235,7 +242,10 @@ def test_a_render_killed_midway_resumes_and_each_job_ends_ok_once(s3, s3_server,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    time.sleep(2.0)  # let Ray reap the dead driver's actors
+    import ray
+
+    # Ray frees the dead driver's actors and their CPUs; the killed run's claims lapse after batch.lease_s
+    _wait_for(lambda: ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"], 60, "the killed run's actors to go")
     done_before = [k for k in _keys(s3_server, out) if k.startswith("renders/_done/")]
     assert 1 <= len(done_before) < 8, "the kill should land midway"
 
@@ -304,6 +314,40 @@ def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_ser
     assert sorted(r["job_id"] for r in results) == sorted(j["job_id"] for j in jobs) and all(r["status"] == "ok" for r in results)
     for job in jobs:
         assert _frames(s3_server, f"{out}/{job['job_id']}.mp4", tmp_path) == 24
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_prefix_at_once_run_each_job_once_and_keep_every_row(s3, s3_server, inputs, tmp_path):
+    from flows.render import run_render_batch
+
+    jobs = _preset_jobs(inputs, 9)
+    mf.write_rows(f"{s3}/first.csv", jobs[:6])
+    mf.write_rows(f"{s3}/second.csv", jobs[3:])  # p3..p5 are in both
+    out = f"{s3}/renders"
+    summaries: dict[str, dict] = {}
+
+    def run(name: str) -> None:
+        summaries[name] = run_render_batch(f"{s3}/{name}.csv", out, overrides=FAST)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("first", "second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    first, second = summaries["first"], summaries["second"]
+    assert first["error"] == second["error"] == 0, (first["errors"], second["errors"])
+    rendered = first["outputs"] + second["outputs"]
+    assert sorted(rendered) == sorted(f"{out}/{j['job_id']}.mp4" for j in jobs)  # each job rendered by one run only
+    assert first["skipped"] + second["skipped"] == 3
+    results = _results(s3_server, out)
+    assert sorted(r["job_id"] for r in results) == sorted(j["job_id"] for j in jobs) and all(r["status"] == "ok" for r in results)
+    assert not [k for k in _keys(s3_server, out) if k.startswith("renders/_claims/")]  # every claim given back
+    # and a rerun of both has nothing to do: no Prefect flow run, no Ray
+    again = run_render_batch(f"{s3}/second.csv", out, overrides=FAST)
+    assert (again["ok"], again["skipped"], again["flow_run_id"]) == (0, 6, None)
+    import ray
+
+    _wait_for(lambda: ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"], 60, "both runs' actors to go")
 
 
 class _Fragile:
@@ -383,6 +427,25 @@ def test_curate_real_face_videos_with_speech_on_s3(s3, s3_server, astronaut, spe
     # a rerun skips the videos whose done marker matches
     again = run_curate(f"{s3}/curate.csv", out, overrides=["curate.workers=2"])
     assert (again["skipped"], again["ok"], again["frames"]) == (3, 0, 0)
+
+
+@pytest.mark.slow
+def test_curate_reruns_a_failed_video_only_with_retry_failed(s3, s3_server, astronaut, tmp_path):
+    from flows.curate import run_curate
+
+    write_face_video(tmp_path / "good.mp4", astronaut, seconds=1.25)
+    storage.upload(tmp_path / "good.mp4", f"{s3}/cv/good.mp4")
+    storage.write_bytes(f"{s3}/cv/broken.mp4", b"\x00\x00\x00\x18ftypisom" + os.urandom(3000))
+    mf.write_rows(f"{s3}/cv/curate.csv", [{"video_id": "good", "video": "good.mp4"}, {"video_id": "broken", "video": "broken.mp4"}])
+    out, fast = f"{s3}/cv-dataset", ["curate.workers=1"]
+    first = run_curate(f"{s3}/cv/curate.csv", out, overrides=fast)
+    assert (first["ok"], first["error"]) == (1, 1) and "broken.mp4" in first["errors"][0]["error"]
+    plain = run_curate(f"{s3}/cv/curate.csv", out, overrides=fast)  # the same rule as render: a failed row is kept
+    assert (plain["ok"], plain["error"], plain["skipped"], plain["flow_run_id"]) == (0, 0, 2, None)
+    retry = run_curate(f"{s3}/cv/curate.csv", out, overrides=fast, retry_failed=True)
+    assert (retry["ok"], retry["error"], retry["skipped"]) == (0, 1, 1) and retry["flow_run_id"]
+    results = {r["video_id"]: r for r in pq.read_table(io.BytesIO(_get(s3_server, f"{out}/results.parquet"))).to_pylist()}
+    assert results["broken"]["finished_at"] >= first["errors"][0].get("finished_at", "") and results["good"]["status"] == "ok"
 
 
 # -- scheduled bulk generation and deployments ----------------------------------------------------------

@@ -1,0 +1,90 @@
+"""`facepose render-batch` and `facepose curate` as a user runs them: exit status (0 all ok or skipped,
+1 some rows failed, 2 the run could not start), one-line errors for manifests that cannot be read,
+manifests saved by Excel, `--dry-run`, and a rerun with nothing to do that starts neither Prefect nor Ray."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import free_port
+from tests.test_cli import assert_one_line_error, facepose
+
+
+@pytest.fixture()
+def folder(tmp_path, astronaut_png):
+    shutil.copy(astronaut_png, tmp_path / "ref.png")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_render_batch_exits_1_when_a_row_failed_and_0_when_none_did(folder):
+    (folder / "one.csv").write_text("job_id,reference,driver,seconds\nnod,ref.png,preset:nod,1\n")
+    out = str(folder / "out")
+    ok = facepose("render-batch", str(folder / "one.csv"), "-o", out)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (folder / "out" / "nod.mp4").is_file()
+    # the shared case: a duplicate id fails alone; the run exits 1 and the other rows still render
+    (folder / "dup.csv").write_text("job_id,reference,driver,seconds\nnod,ref.png,preset:nod,1\nnod,ref.png,preset:smile,1\n"
+                                    "uniq,ref.png,preset:nod,1\n")
+    failed = facepose("render-batch", str(folder / "dup.csv"), "-o", out)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    assert "duplicate job_id" in failed.stderr + failed.stdout and (folder / "out" / "uniq.mp4").is_file()
+    rows = {r["job_id"]: r["status"] for r in pq.read_table(folder / "out" / "results.parquet").to_pylist()}
+    assert rows == {"nod": "ok", "uniq": "ok", "#2": "error"}
+    # nothing left to do: exit 0, and fast (no Prefect server, no Ray)
+    t0 = time.perf_counter()
+    again = facepose("render-batch", str(folder / "one.csv"), "-o", out)
+    assert again.returncode == 0 and time.perf_counter() - t0 < 8, again.stderr[-2000:]
+    assert "temporary server" not in again.stderr
+
+
+def test_manifests_that_cannot_be_read_exit_2_with_one_line(folder, s3):
+    out = str(folder / "out")
+    (folder / "pipes.csv").write_text("job_id|reference|driver\na|ref.png|preset:nod\n")
+    result = facepose("render-batch", str(folder / "pipes.csv"), "-o", out)
+    assert result.returncode == 2
+    assert_one_line_error(result, "pipes.csv", "job_id", "'job_id|reference|driver'")
+    (folder / "binary.csv").write_bytes(b"\x81\x8d\x8f\x90\x00\x01\x02")
+    result = facepose("render-batch", str(folder / "binary.csv"), "-o", out)
+    assert result.returncode == 2
+    assert_one_line_error(result, "binary.csv", "UTF-8")
+    result = facepose("curate", str(folder / "missing.csv"), "-o", out)
+    assert result.returncode == 2
+    assert_one_line_error(result, "missing.csv")
+    (folder / "videos.csv").write_text("id,path\nv,x.mp4\n")
+    result = facepose("curate", str(folder / "videos.csv"), "-o", out)
+    assert result.returncode == 2
+    assert_one_line_error(result, "videos.csv", "video_id")
+    dead = f"127.0.0.1:{free_port()}"
+    result = facepose("-s", "storage.retries=1", "-s", "storage.backoff_s=0.01", "render-batch", "s3://bucket/m.csv", "-o", "s3://bucket/out",
+                      env={"MINIO_ENDPOINT": dead})
+    assert result.returncode == 2
+    assert_one_line_error(result, "s3://bucket/m.csv", dead)
+    assert not (folder / "out").exists()
+
+
+def test_excel_manifests_windows_1252_and_semicolons_plan_in_a_dry_run(folder):
+    shutil.copy(folder / "ref.png", folder / "réf.png")
+    (folder / "excel.csv").write_bytes("job_id;reference;driver;seconds\ncafé;réf.png;preset:nod;1\n课程;ref.png;preset:smile;1\n".encode("utf-8"))
+    result = facepose("render-batch", str(folder / "excel.csv"), "-o", str(folder / "out"), "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "to_run" in result.stdout and "│ 2 " in result.stdout.split("to_run")[1].splitlines()[0]
+    (folder / "cp1252.csv").write_bytes("job_id,reference,driver,seconds\ncafé,réf.png,preset:nod,1\n".encode("cp1252"))
+    result = facepose("render-batch", str(folder / "cp1252.csv"), "-o", str(folder / "out"), "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Windows-1252" in result.stderr and not (folder / "out").exists()
+    (folder / "long.csv").write_text("job_id,reference,driver,seconds\nlong,ref.png,preset:nod,4000\n")
+    result = facepose("render-batch", str(folder / "long.csv"), "-o", str(folder / "out"), "--dry-run")
+    assert result.returncode == 1 and "batch.max_seconds=600" in result.stdout + result.stderr
+
+
+def test_help_documents_the_exit_codes():
+    for command in ("render-batch", "curate"):
+        result = facepose(command, "--help")
+        text = " ".join(result.stdout.split())
+        assert result.returncode == 0 and "0 every row ok or skipped" in text and "2 the run could not start" in text
+        assert "--retry-failed" in text and "--dry-run" in text
