@@ -110,6 +110,7 @@ class AppConfig:
     work_dir: Optional[str] = None  # where renders and previews go; default <tmp>/facepose-app
     batch_poll_s: float = 1.0  # how often the Batch tab reads the job's results and log
     batch_output_prefix: Optional[str] = None  # default output prefix of batch runs; default <work_dir>/batch
+    abandon_s: float = 5.0  # a render whose page is gone (closed, reloaded) for this long is cancelled
 
 
 @dataclass
