@@ -410,8 +410,9 @@ class AppUI:
                                     preset_preview = gr.Video(label="Preset preview", interactive=False, autoplay=True,
                                                               loop=True, height=200, elem_id="preset-preview")
                                 with gr.Column(visible=False) as video_box:
-                                    video = gr.Video(label="Driving video", sources=["upload"], height=240,
-                                                     elem_id="driving-video")
+                                    # a plain file, so the app (not the browser's player) judges what it is
+                                    video = gr.File(label="Driving video (mp4, mov, webm, ...)", file_count="single",
+                                                    type="filepath", height=120, elem_id="driving-video")
                                 with gr.Column(visible=False) as audio_box:
                                     audio = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                                      elem_id="speech-audio")
