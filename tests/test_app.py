@@ -230,6 +230,22 @@ def set_seconds(page, value: str) -> None:
     page.locator("#seconds input").press("Tab")
 
 
+def set_slider(page, elem_id: str, value: float, lo: float, hi: float) -> float:
+    """Drag the slider #elem_id to about ``value`` with the mouse (so its release event fires, as for a
+    person) -> the value it shows."""
+    track = page.locator(f"#{elem_id} input[type=range]")
+    track.scroll_into_view_if_needed()
+    box = track.bounding_box()
+    x = box["x"] + box["width"] * (value - lo) / (hi - lo)
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] / 2, y)
+    page.mouse.down()
+    page.mouse.move(x, y, steps=4)
+    page.mouse.up()
+    page.wait_for_timeout(200)
+    return float(page.locator(f"#{elem_id} input[type=number]").input_value())
+
+
 def result_cleared(page) -> bool:
     return page.evaluate("""() => { const v = document.querySelector('#result-video video');
         return (!v || !v.currentSrc) && !document.querySelector('#result-download')?.offsetParent; }""")
@@ -358,20 +374,20 @@ def test_pose_controls_change_the_rendered_head_motion(app_page, astronaut_png, 
     wait_text(page, "pose-status", "48 frames")
     page.locator("#pose-controls").get_by_text("Pose controls").click()
     ranges = {}
-    for amplitude in ("0.5", "1.5"):
-        box = page.locator("#adj-head input[type=number]")
-        box.fill(amplitude)
-        box.press("Enter")
-        wait_text(page, "pose-status", f"head_amplitude={float(amplitude)}")  # the preview followed the slider
+    for target in (0.5, 1.5):
+        amplitude = set_slider(page, "adj-head", target, 0.0, 3.0)
+        assert abs(amplitude - target) < 0.15
+        wait_text(page, "pose-status", f"head_amplitude={amplitude}")  # the preview followed the slider
         page.locator("#generate").click()
         wait_text(page, "result-status", "done:", timeout=RENDER_TIMEOUT_MS)
         with page.expect_download() as dl:
             page.locator("#result-download").click()
-        saved = tmp_path / f"amp-{amplitude}.mp4"
+        saved = tmp_path / f"amp-{target}.mp4"
         dl.value.save_as(saved)
         ranges[amplitude] = _yaw_range(saved)
-        shot(page, f"19-pose-controls-{amplitude}")
-    assert 2.0 < ranges["1.5"] / ranges["0.5"] < 4.5, ranges
+        shot(page, f"19-pose-controls-{target}")
+    (a, ya), (b, yb) = sorted(ranges.items())
+    assert 0.7 * b / a < yb / ya < 1.3 * b / a, ranges  # the rendered yaw range follows the amplitude
 
 
 def test_a_reload_brings_back_the_inputs_and_the_last_video(app_page, astronaut_png):
@@ -379,9 +395,7 @@ def test_a_reload_brings_back_the_inputs_and_the_last_video(app_page, astronaut_
     upload(page, "reference", astronaut_png)
     wait_text(page, "reference-status", "face found in astronaut.png")
     page.locator("#pose-controls").get_by_text("Pose controls").click()
-    box = page.locator("#adj-yaw input[type=number]")
-    box.fill("12")
-    box.press("Enter")
+    yaw = set_slider(page, "adj-yaw", 12, -30, 30)
     before = render_preset(page, "smile", "1.5")
     page.reload()
     wait_text(page, "reference-status", "face found in astronaut.png")
@@ -392,7 +406,7 @@ def test_a_reload_brings_back_the_inputs_and_the_last_video(app_page, astronaut_
     assert page.locator("#seconds input").input_value() == "1.5"
     assert "smile" in page.locator("#preset input").input_value()
     page.locator("#pose-controls").get_by_text("Pose controls").click()
-    assert page.locator("#adj-yaw input[type=number]").input_value() == "12"
+    assert float(page.locator("#adj-yaw input[type=number]").input_value()) == yaw != 0
     assert page.locator("#reference-crop img").count() == 1
     shot(page, "20-after-reload")
 
@@ -429,7 +443,7 @@ def test_an_abandoned_render_is_cancelled_and_does_not_hold_the_queue(chromium, 
     waited = time.monotonic() - t0
     assert long_render.done.is_set() and isinstance(long_render.error, RenderCancelled)
     assert long_render.frames[0] < long_render.frames[1] == 1440
-    assert waited < 30, waited
+    assert waited < 15, waited  # the 60 s render alone takes longer than this on this machine
     shot(page, "22-next-render-after-cancel")
     context.close()
 
