@@ -100,10 +100,14 @@ def upload(page, elem_id: str, path: Path) -> None:
 
 def wait_text(page, elem_id: str, text: str, timeout: float = 30_000) -> str:
     """Wait until #elem_id shows ``text`` (case-insensitive) -> its text."""
-    page.wait_for_function(
-        "([id, text]) => (document.getElementById(id)?.innerText || '').toLowerCase().includes(text.toLowerCase())",
-        arg=[elem_id, text], timeout=timeout,
-    )
+    try:
+        page.wait_for_function(
+            "([id, text]) => (document.getElementById(id)?.innerText || '').toLowerCase().includes(text.toLowerCase())",
+            arg=[elem_id, text], timeout=timeout,
+        )
+    except Exception:
+        shot(page, f"timeout-{elem_id}")
+        raise AssertionError(f"#{elem_id} never showed {text!r}; it shows {page.locator('#' + elem_id).inner_text()!r}") from None
     return page.locator(f"#{elem_id}").inner_text()
 
 

@@ -853,14 +853,21 @@ class BatchRun:
             head = f"Batch running for {elapsed:.0f} s: {done} of {len(rows)} jobs finished."
             if done == 0:
                 head += " The engine (Prefect and Ray) takes about half a minute to start; each job's row changes as it finishes."
-            return f"{head} Output: `{self.out}`  \n<small>{_html_escape(last)}</small>"
+            return f"{head} {self._where()}  \n<small>{_html_escape(last)}</small>"
         if self.stopped:
             return f"Batch stopped after {elapsed:.0f} s ({summary}). Run it again to pick up where it stopped."
         # render-batch exits 1 when some jobs failed, a finished run; it broke when jobs were left unrun
         if code != 0 and (not rows or any(r.get("status") == "not run" for r in rows)):
             last = next((ln for ln in reversed(self.log_tail(200).splitlines()) if ln.strip()), "no output")
             return f"<span class='fp-warn'>⚠ render-batch failed (exit {code}) after {elapsed:.0f} s: {last.strip()}</span>"
-        return f"Batch finished in {elapsed:.0f} s: {summary}. Results: `{self.results_uri}`"
+        return f"Batch finished in {elapsed:.0f} s: {summary}. {self._where(done=True)}"
+
+    def _where(self, done: bool = False) -> str:
+        """Where the outputs go: a storage URI as it is; a folder on the server is not the reader's business."""
+        if "://" in self.out:
+            return f"Results: `{self.results_uri}`" if done else f"Output: `{self.out}`"
+        return "Every video and the results tables are in the zip below." if done else \
+            "Videos appear below as their jobs finish."
 
     def local_video(self, row: dict[str, Any]) -> Optional[Path]:
         """A finished job's video as a local file the page can show: the output itself when it is on
