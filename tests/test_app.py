@@ -341,7 +341,8 @@ def test_every_failure_is_explained_in_its_step_and_the_app_keeps_working(app_pa
     upload(page, "driving-video", clip)
     wait_text(page, "source-info", "interview.mp4 cannot be read as a video (it may be damaged, or another kind of file)")
     page.locator("#make-pose").click()
-    wait_text(page, "pose-status", "interview.mp4 cannot be read")
+    wait_text(page, "pose-status", "no pose: the source above has a problem")
+    assert page.locator("body").inner_text().count("interview.mp4 cannot be read") == 1  # said once, in its place
     no_toasts_or_paths(page)
     shot(page, "17-fail-damaged-video")
 

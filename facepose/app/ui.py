@@ -198,33 +198,38 @@ class AppUI:
         return info, pose, STALE_RESULT if session.get("result") else gr.update()
 
     def on_make_pose(self, sid, reference, label, preset, video, audio, seconds, *adjust, progress=gr.Progress()):
-        """-> pose video, pose plot, pose status."""
+        """-> pose video, pose plot, pose status, source info (a problem with the source is shown there, once)."""
         kind = h.SOURCES.get(label, "preset")
         self.sessions.update(sid, source=label, preset=preset, video=video, audio=audio, seconds=seconds,
                              adjust=list(adjust))
         try:
-            if not reference:
-                raise h.InputError("no reference photo yet; upload one in step 1 (the pose is fitted to its face)")
             driver = h.driver_for(kind, preset, video, audio)
             h.check_driver(driver, kind, self.app)
+            h.check_seconds(_seconds(seconds), driver, kind, self.app)
+        except Exception as e:
+            self.sessions.update(sid, pose_video=None, pose_plot=None, pose_status="")
+            return None, None, warn("No pose: the source above has a problem."), _fail(e)
+        try:
+            if not reference:
+                raise h.InputError("no reference photo yet; upload one in step 1 (the pose is fitted to its face)")
             progress(0, desc="making the pose sequence")
             pv = h.make_pose_preview(reference, driver, kind, _seconds(seconds), self.cfg, self.ws,
                                      progress=lambda i, n: progress((i, n), desc="drawing the pose", unit="frames"),
                                      adjust=adjust_of(adjust))
         except Exception as e:
             self.sessions.update(sid, pose_video=None, pose_plot=None, pose_status="")
-            return None, None, _fail(e)
+            return None, None, _fail(e), gr.update()
         self.sessions.update(sid, pose_video=str(pv.video), pose_plot=str(pv.plot), pose_status=pv.message)
-        return str(pv.video), str(pv.plot), pv.message
+        return str(pv.video), str(pv.plot), pv.message, gr.update()
 
     def on_adjust(self, sid, reference, label, preset, video, audio, seconds, *adjust, progress=gr.Progress()):
         """A pose control moved: redraw the pose preview when there is one to redraw -> pose video, plot,
-        status, result status."""
+        status, source info, result status."""
         session = self.sessions.get(sid)
         self.sessions.update(sid, adjust=list(adjust))
         stale = STALE_RESULT if session.get("result") else gr.update()
         if not reference or not session.get("pose_video"):
-            return gr.update(), gr.update(), "Pose controls are applied to the pose preview and the video.", stale
+            return gr.update(), gr.update(), "Pose controls are applied to the pose preview and the video.", gr.update(), stale
         return *self.on_make_pose(sid, reference, label, preset, video, audio, seconds, *adjust, progress=progress), stale
 
     def on_adjust_reset(self, sid):
@@ -475,12 +480,12 @@ class AppUI:
             controls = [*sliders, blink_on, blinks]
             blink_on.input(lambda on: gr.update(interactive=bool(on)), [blink_on], [blinks], queue=False)
             for trigger in [s.release for s in sliders] + [blink_on.input, blinks.release]:
-                trigger(self.on_adjust, [sid, reference, *src, *controls], [pose_video, pose_plot, pose_status, result_status],
+                trigger(self.on_adjust, [sid, reference, *src, *controls], [pose_video, pose_plot, pose_status, source_info, result_status],
                         concurrency_limit=limit, concurrency_id="pose", show_progress_on=[pose_video])
             reset.click(self.on_adjust_reset, [sid], controls, queue=False).then(
-                self.on_adjust, [sid, reference, *src, *controls], [pose_video, pose_plot, pose_status, result_status],
+                self.on_adjust, [sid, reference, *src, *controls], [pose_video, pose_plot, pose_status, source_info, result_status],
                 concurrency_limit=limit, concurrency_id="pose", show_progress_on=[pose_video])
-            make_pose.click(self.on_make_pose, [sid, reference, *src, *controls], [pose_video, pose_plot, pose_status],
+            make_pose.click(self.on_make_pose, [sid, reference, *src, *controls], [pose_video, pose_plot, pose_status, source_info],
                             concurrency_limit=limit, concurrency_id="pose", show_progress_on=[pose_video])
             backend.input(self.on_backend, [sid, backend], [steps, seed], queue=False)
             seed.input(lambda s, v: self.sessions.update(s, seed=v), [sid, seed], None, queue=False)
