@@ -346,6 +346,15 @@ def test_every_failure_is_explained_in_its_step_and_the_app_keeps_working(app_pa
     no_toasts_or_paths(page)
     shot(page, "17-fail-damaged-video")
 
+    # a damaged recording
+    noise = tmp_path / "speech.wav"
+    noise.write_bytes(np.random.default_rng(2).integers(0, 256, 30_000, dtype=np.uint8).tobytes())
+    page.locator("#pose-source label", has_text="Speech audio").click()
+    upload(page, "speech-audio", noise)
+    wait_text(page, "source-info", "speech.wav cannot be read as a sound file")
+    no_toasts_or_paths(page)
+    shot(page, "17b-fail-damaged-audio")
+
     # and the app still works
     page.locator("#pose-source label", has_text="Preset").click()
     set_seconds(page, "1")

@@ -136,9 +136,10 @@ class AppUI:
     # -- step 1 -----------------------------------------------------------------------------------
     def on_reference(self, sid: Optional[str], path: Optional[str]):
         """-> crop, reference status, pose video, pose plot, pose status, result status."""
+        session = self.sessions.get(sid)
         cleared_pose = (None, None, "The photo changed: press **Preview pose** to fit the pose to this face."
-                        if path else "")
-        stale = STALE_RESULT if self.sessions.get(sid).get("result") else gr.update()
+                        if path and session.get("pose_video") else "")
+        stale = STALE_RESULT if session.get("result") else gr.update()
         if not path:
             self.sessions.update(sid, reference=None, crop=None, ref_status="", pose_video=None, pose_plot=None)
             return None, "Upload a photo with one clearly visible face: any size or aspect.", *cleared_pose, stale
