@@ -307,8 +307,8 @@ def test_every_failure_is_explained_in_its_step_and_the_app_keeps_working(app_pa
 
     # a photo over the upload limit, and one without a face
     big = tmp_path / "huge.png"
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)).save(big)
     assert big.stat().st_size > LIMIT_MB * 2**20

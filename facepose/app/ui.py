@@ -110,7 +110,7 @@ def _seconds(value: Any) -> Optional[float]:
 
 def adjust_of(values: tuple) -> PoseAdjustConfig:
     """The pose-control widgets' values (ADJUST_SLIDERS order, then blink on/off and blink rate) -> config."""
-    fields = {f: float(v) for (_, f, *_), v in zip(ADJUST_SLIDERS, values)}
+    fields = {f: float(v) for (_, f, *_), v in zip(ADJUST_SLIDERS, values[:len(ADJUST_SLIDERS)], strict=True)}
     blink_on, rate = values[len(ADJUST_SLIDERS)], values[len(ADJUST_SLIDERS) + 1]
     return PoseAdjustConfig(blink_rate=float(rate) if blink_on else None, **fields)
 
@@ -501,8 +501,6 @@ class AppUI:
         return demo
 
     def _batch_tab(self) -> None:
-        app = self.app
-        default_out = app.batch_output_prefix or str(self.ws.dir("batch"))
         gr.Markdown(
             "### Batch render\nA render manifest (CSV, JSONL or Parquet: `job_id`, `reference`, `driver`, optional "
             "`seconds`, `backend`, `seed`, `output`) with the files it names, or the URI of a manifest already in "
