@@ -255,8 +255,14 @@ def result_cleared(page) -> bool:
         return (!v || !v.currentSrc) && !document.querySelector('#result-download')?.offsetParent; }""")
 
 
+def preset_label(name: str) -> str:
+    from facepose.app.handlers import presets
+
+    return next(p.label for p in presets() if p.name == name)
+
+
 def render_preset(page, preset: str, seconds: str, done: str = "done:") -> dict:
-    choose(page, "preset", next(p.label for p in __import__("facepose.app.handlers", fromlist=["x"]).presets() if p.name == preset))
+    choose(page, "preset", preset_label(preset))
     wait_text(page, "source-info", f"preset {preset}")
     set_seconds(page, seconds)
     page.locator("#generate").click()
@@ -381,7 +387,7 @@ def test_pose_controls_change_the_rendered_head_motion(app_page, astronaut_png, 
     page = app_page
     upload(page, "reference", astronaut_png)
     wait_text(page, "reference-status", "face found in astronaut.png")
-    choose(page, "preset", next(p.label for p in __import__("facepose.app.handlers", fromlist=["x"]).presets() if p.name == "head_shake"))
+    choose(page, "preset", preset_label("head_shake"))
     wait_text(page, "source-info", "preset head_shake")
     set_seconds(page, "2")
     page.locator("#make-pose").click()
@@ -400,6 +406,7 @@ def test_pose_controls_change_the_rendered_head_motion(app_page, astronaut_png, 
         dl.value.save_as(saved)
         ranges[amplitude] = _yaw_range(saved)
         shot(page, f"19-pose-controls-{target}")
+    print("rendered yaw range (degrees) by head amplitude:", ranges)
     (a, ya), (b, yb) = sorted(ranges.items())
     assert 0.7 * b / a < yb / ya < 1.3 * b / a, ranges  # the rendered yaw range follows the amplitude
 
@@ -437,7 +444,7 @@ def test_an_abandoned_render_is_cancelled_and_does_not_hold_the_queue(chromium, 
     wait_text(page, "source-info", "preset")
     upload(page, "reference", astronaut_png)
     wait_text(page, "reference-status", "face found in astronaut.png")
-    choose(page, "preset", next(p.label for p in __import__("facepose.app.handlers", fromlist=["x"]).presets() if p.name == "lively_talk"))
+    choose(page, "preset", preset_label("lively_talk"))
     wait_text(page, "source-info", "preset lively_talk")
     set_seconds(page, "60")
     page.locator("#generate").click()
@@ -457,6 +464,7 @@ def test_an_abandoned_render_is_cancelled_and_does_not_hold_the_queue(chromium, 
     waited = time.monotonic() - t0
     assert long_render.done.is_set() and isinstance(long_render.error, RenderCancelled)
     assert long_render.frames[0] < long_render.frames[1] == 1440
+    print(f"next render done {waited:.1f} s after its click; the abandoned one stopped at frame {long_render.frames[0]} of 1440")
     assert waited < 15, waited  # the 60 s render alone takes longer than this on this machine
     shot(page, "22-next-render-after-cancel")
     context.close()
