@@ -60,11 +60,26 @@ class FaceConfig:
 
 
 @dataclass
+class PoseAdjustConfig:
+    """``pose.adjust``: edits applied to every pose sequence before rendering (facepose.pose.adjust).
+    The defaults change nothing."""
+
+    head_amplitude: float = 1.0  # scales head rotation and movement about the rest pose (0: a still head)
+    expression: float = 1.0  # scales mouth, lip and brow motion (0: a closed, neutral face)
+    blink_rate: Optional[float] = None  # blinks a minute, replacing the source's eyelid motion; None keeps it
+    smoothing: float = 0.0  # 0..1: temporal smoothing of head and expression (1: about a 0.25 s Gaussian)
+    yaw: float = 0.0  # degrees added to the head orientation (> 0 turns the nose toward image right)
+    pitch: float = 0.0  # degrees (> 0 tilts the nose down)
+    roll: float = 0.0  # degrees (> 0 rotates the face clockwise in the image)
+
+
+@dataclass
 class PoseConfig:
     fps: int = 24
     size: int = 512  # canvas side of drawn pose images
     point_radius: int = 3  # at 512; scaled with the canvas (DWPose draws faces with radius 3)
     draw_lines: bool = False  # connect the 68 points along the face contours
+    adjust: PoseAdjustConfig = field(default_factory=PoseAdjustConfig)
 
 
 @dataclass
@@ -95,6 +110,7 @@ class AppConfig:
     work_dir: Optional[str] = None  # where renders and previews go; default <tmp>/facepose-app
     batch_poll_s: float = 1.0  # how often the Batch tab reads the job's results and log
     batch_output_prefix: Optional[str] = None  # default output prefix of batch runs; default <work_dir>/batch
+    abandon_s: float = 5.0  # a render whose page is gone (closed, reloaded) for this long is cancelled
 
 
 @dataclass

@@ -24,13 +24,18 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from facepose.app.config import AppConfig, app_config
-from facepose.errors import FaceposeError, InputError, ModelNotFoundError
+from facepose.config import PoseAdjustConfig
+from facepose.errors import FaceposeError, InputError, MediaError, ModelNotFoundError
 from facepose.render.base import ProgressFn
 
 log = logging.getLogger(__name__)
 
-#: the pose sources of step 2: label shown in the app -> ``kind`` of :func:`facepose.pose.source.from_source`
+#: the pose sources of step 2: label shown in the app -> ``kind`` of :func:`facepose.pose.source.from_source`.
+#: A new source kind adds a label here, a branch in :func:`driver_for` and a box in step 2 of the page.
 SOURCES: dict[str, str] = {"Preset": "preset", "Driving video": "video", "Speech audio": "audio"}
+#: renderers whose output depends on the seed (the page offers a seed only for these)
+STOCHASTIC = ("diffusion",)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 #: renderers the app offers, in order, with a short description
 BACKENDS: dict[str, str] = {
     "warp": "fast, CPU, no weights: warps the photo along the landmarks",
@@ -109,7 +114,11 @@ def inspect_reference(path: str | os.PathLike, cfg: Any) -> ReferenceView:
     from facepose.media.image import read_image
 
     name = Path(path).name
-    image = read_image(path)
+    check_upload(path, "photo", IMAGE_EXTS, app_config(cfg))
+    try:
+        image = read_image(path)
+    except MediaError:
+        raise MediaError(f"{name} is not an image this app can read; upload a JPEG, PNG or WebP photo") from None
     crop = crop_face(image, cfg.face, name=name)
     h, w = image.shape[:2]
     preview = draw_face(crop.image, crop.landmarks, crop.mask)
@@ -174,6 +183,46 @@ def preset_preview(name: str, ws: Workspace, size: int = 256) -> Path:
     return path
 
 
+def check_upload(path: str | os.PathLike, what: str, exts: tuple[str, ...], app: AppConfig) -> None:
+    """InputError naming the file when ``path`` is missing, over ``app.max_upload_mb``, or not one of ``exts``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"the {what} {p.name} is gone from the server (uploads are kept for a day); upload it again")
+    size_mb = p.stat().st_size / 2**20
+    if size_mb > app.max_upload_mb:
+        raise InputError(f"{p.name} is {size_mb:.0f} MB, over this app's limit of {app.max_upload_mb} MB for a {what}; "
+                         "use a smaller file")
+    if p.suffix.lower() not in exts:
+        kinds = ", ".join(e.lstrip(".") for e in exts[:6])
+        raise InputError(f"{p.name} is not a {what} file this app takes; use {kinds}, ...")
+
+
+def check_driver(driver: str, kind: str, app: AppConfig) -> None:
+    """For an uploaded video or audio driver: InputError naming the file when it is too big, of the
+    wrong kind, or cannot be read (a damaged file, or another kind of file with a video's name)."""
+    from facepose.pose.source import AUDIO_EXTS, VIDEO_EXTS
+
+    if kind not in ("video", "audio"):
+        return
+    what = "driving video" if kind == "video" else "speech recording"
+    check_upload(driver, what, VIDEO_EXTS if kind == "video" else AUDIO_EXTS, app)
+    try:
+        own = source_seconds(driver, kind)
+    except MediaError as e:
+        log.info("unreadable %s %s: %s", what, driver, e)
+        use = "an mp4, mov or webm video" if kind == "video" else "a wav, mp3, m4a or ogg recording"
+        raise MediaError(f"{Path(driver).name} cannot be read as a {'video' if kind == 'video' else 'sound file'} "
+                         f"(it may be damaged, or another kind of file); use {use}") from None
+    if kind == "video" and not own > 0:
+        raise MediaError(f"{Path(driver).name} has no frames; use a video with one face visible")
+
+
+def source_hint(kind: str) -> str:
+    """What step 2 says before a file of ``kind`` is given (a hint, not an error)."""
+    return {"video": "Upload a driving video (mp4, mov, webm, ...): the pose follows the face in it.",
+            "audio": "Upload or record speech (wav, mp3, m4a, ...): the mouth and head move with it."}.get(kind, "")
+
+
 def driver_for(kind: str, preset: Optional[str] = None, video: Optional[str] = None, audio: Optional[str] = None) -> str:
     """The ``driver`` string of :func:`facepose.render.job.render_video` for the chosen source, or an
     InputError saying what is missing."""
@@ -228,8 +277,9 @@ def check_seconds(seconds: Optional[float], driver: str, kind: str, app: AppConf
     The source's own length is checked too, so a long upload fails here and not after minutes of work."""
     if seconds is not None and seconds != 0:
         seconds = float(seconds)
-        if not seconds > 0:
-            raise InputError(f"duration must be positive, got {seconds:g} s")
+        if not np.isfinite(seconds) or not seconds > 0:
+            raise InputError(f"duration must be a positive number of seconds, got {seconds:g}; "
+                             f"use 0 for the source's own length")
         if seconds > app.max_seconds:
             raise InputError(f"duration {seconds:g} s is over this app's limit of {app.max_seconds:g} s; choose a shorter one")
         return seconds
@@ -259,6 +309,45 @@ class PosePreview:
     message: str
 
 
+def with_adjust(cfg: Any, adjust: Optional[PoseAdjustConfig]) -> Any:
+    """``cfg`` (a whole Config) with ``pose.adjust`` replaced (the config itself is not changed)."""
+    import dataclasses
+
+    if adjust is None or getattr(cfg, "pose", None) is None:
+        return cfg
+    return dataclasses.replace(cfg, pose=dataclasses.replace(cfg.pose, adjust=adjust))
+
+
+_pose_cache: dict[tuple, Any] = {}
+_pose_cache_guard = threading.Lock()
+
+
+def base_pose(reference: str, driver: str, kind: str, seconds: Optional[float], cfg: Any,
+              progress: Optional[ProgressFn] = None):
+    """(crop, pose before the pose controls) for ``reference`` and ``driver``, cached by their files and
+    settings, so moving a pose-control slider does not track a driving video again."""
+    import dataclasses
+
+    from facepose.face.crop import crop_face
+    from facepose.media.image import read_image
+    from facepose.pose.source import from_source
+
+    plain = with_adjust(cfg, PoseAdjustConfig())
+    stamp = tuple(Path(p).stat().st_mtime_ns if Path(p).is_file() else 0 for p in (reference, driver))
+    key = (str(reference), driver, kind, seconds, stamp, repr(dataclasses.asdict(plain)) if dataclasses.is_dataclass(plain) else "")
+    with _pose_cache_guard:
+        hit = _pose_cache.get(key)
+    if hit is not None:
+        return hit
+    crop = crop_face(read_image(reference), cfg.face, name=Path(reference).name)
+    pose = from_source(driver, crop, seconds=seconds, cfg=plain, kind=kind, progress=progress)
+    with _pose_cache_guard:
+        if len(_pose_cache) > 16:
+            _pose_cache.pop(next(iter(_pose_cache)))
+        _pose_cache[key] = (crop, pose)
+    return crop, pose
+
+
 def make_pose_preview(
     reference: Optional[str],
     driver: str,
@@ -267,20 +356,22 @@ def make_pose_preview(
     cfg: Any,
     ws: Workspace,
     progress: Optional[ProgressFn] = None,
+    adjust: Optional[PoseAdjustConfig] = None,
 ) -> PosePreview:
-    """Make the pose sequence for ``reference`` from ``driver`` (retargeted to the reference's face) and
-    draw it: a 512 pose video (carrying the driving audio, if any) and a plot over time."""
+    """Make the pose sequence for ``reference`` from ``driver`` (retargeted to the reference's face, then
+    the pose controls ``adjust`` applied) and draw it: a 512 pose video (carrying the driving audio, if
+    any) and a plot over time."""
     from facepose.media.audio import load_audio
-    from facepose.media.image import read_image
     from facepose.media.video import VideoWriter
+    from facepose.pose.adjust import adjust_pose
     from facepose.pose.draw import iter_pose_images
     from facepose.pose.plot import plot_pose
-    from facepose.pose.source import from_source
 
     if not reference:
         raise InputError("no reference photo yet; upload one in step 1 (the pose is fitted to its face)")
     seconds = check_seconds(seconds, driver, kind, app_config(cfg))
-    pose = from_source(driver, read_image(reference), seconds=seconds, cfg=cfg, kind=kind)
+    crop, pose = base_pose(reference, driver, kind, seconds, cfg)
+    pose = adjust_pose(pose, adjust if adjust is not None else cfg.pose.adjust, rest=crop.landmarks)
     if len(pose) == 0:
         raise InputError(f"the pose from {Path(driver).name} has 0 frames; use a longer source")
     audio_uri = pose.meta.get("audio")
@@ -294,11 +385,13 @@ def make_pose_preview(
             if progress is not None:
                 progress(i + 1, len(pose))
     plot = ws.new("poses", ".png", stem)
+    pose.source = Path(driver).name if kind != "preset" else driver  # the plot's title: no server path
     plot_pose(pose, str(plot))
     lost = int((~pose.visible).sum())
     extra = f", face lost in {lost}" if lost else ""
     sound = " with its audio" if audio is not None else ""
-    message = f"Pose: {len(pose)} frames, {pose.duration:.2f} s at {pose.fps:g} fps{extra}{sound}."
+    adjusted = f"; pose controls: {pose.meta['adjust']}" if pose.meta.get("adjust") else ""
+    message = f"Pose: {len(pose)} frames, {pose.duration:.2f} s at {pose.fps:g} fps{extra}{sound}{adjusted}."
     return PosePreview(video=video, plot=plot, frames=len(pose), seconds=pose.duration, message=message)
 
 
@@ -382,9 +475,11 @@ def generate_video(
     steps: Optional[int] = None,
     progress: Optional[ProgressFn] = None,
     on_stage: Optional[Callable[[str], None]] = None,
+    adjust: Optional[PoseAdjustConfig] = None,
 ) -> Generated:
     """Render the video of step 3 through :func:`facepose.render.job.render_video` (the one job path
-    shared with the CLI and batch). ``steps`` is the diffusion sampler's step count."""
+    shared with the CLI and batch). ``steps`` is the diffusion sampler's step count; ``adjust`` the pose
+    controls (``pose.adjust``)."""
     from facepose.render.job import render_video
 
     if not reference:
@@ -392,21 +487,121 @@ def generate_video(
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
     seconds = check_seconds(seconds, driver, kind, app_config(cfg))
+    cfg = with_adjust(cfg, adjust)
     renderer = pool.get(backend)
     if steps is not None:
         renderer = with_steps(renderer, int(steps))
     stem = driver.split(":", 1)[-1] if kind == "preset" else Path(driver).stem
     output = ws.new("renders", ".mp4", f"{Path(reference).stem}-{stem}")
+    if on_stage is not None:
+        on_stage(f"waiting for the {backend} renderer")
     with pool.lock(backend):
         result = render_video(
             str(reference), driver, str(output), seconds=seconds, backend=backend, seed=int(seed), cfg=cfg,
             renderer=renderer, driver_type=kind, progress=progress, on_stage=on_stage,
         )
     sound = f", with the audio of {Path(result.audio).name}" if result.audio else ""
+    seeded = f" (seed {int(seed)})" if backend in STOCHASTIC else ""
     message = (f"Done: {result.frames} frames, {result.seconds:.2f} s at 24 fps{sound}; "
-               f"rendered by **{backend}** in {result.render_s:.1f} s.")
+               f"rendered by **{backend}**{seeded} in {result.render_s:.1f} s.")
     return Generated(video=output, frames=result.frames, seconds=result.seconds, render_s=result.render_s,
                      audio=result.audio, message=message)
+
+
+class RenderCancelled(FaceposeError):
+    """A render stopped because its page went away (or was told to stop)."""
+
+    kind = "cancelled"
+
+
+class RenderTask:
+    """One render running in a thread, watched by the page's generator callback.
+
+    The page's callback resumes every ``tick_s`` and calls :meth:`touch`; when it stops (the page was
+    closed or reloaded, and Gradio stops iterating its generator) for ``abandon_s``, or :meth:`cancel` is
+    called, the next progress report inside the render raises :class:`RenderCancelled`, the renderer's
+    lock is released and the queue moves on."""
+
+    def __init__(self, work: Callable[..., Any], abandon_s: float = 5.0):
+        self.work, self.abandon_s = work, float(abandon_s)
+        self.done = threading.Event()
+        self._cancel = threading.Event()
+        self.last_seen = time.monotonic()
+        self.frames: tuple[int, int] = (0, 0)
+        self.stage = "starting"
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="render", daemon=True)
+
+    def start(self) -> "RenderTask":
+        self.thread.start()
+        return self
+
+    def touch(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def abandoned(self) -> bool:
+        return self._cancel.is_set() or time.monotonic() - self.last_seen > self.abandon_s
+
+    def check(self) -> None:
+        if self.abandoned:
+            raise RenderCancelled("the render was cancelled: its page was closed or reloaded")
+
+    def _progress(self, done: int, total: int) -> None:
+        self.frames = (int(done), int(total))
+        self.check()
+
+    def _on_stage(self, stage: str) -> None:
+        self.stage = stage
+        self.check()
+
+    def _run(self) -> None:
+        try:
+            self.result = self.work(progress=self._progress, on_stage=self._on_stage)
+        except BaseException as e:  # noqa: BLE001 - handed to the page's callback
+            self.error = e
+            if isinstance(e, RenderCancelled):
+                log.info("render cancelled: its page is gone")
+        finally:
+            self.done.set()
+
+
+class Sessions:
+    """What each browser last did (inputs, previews, result), keyed by a random id the browser keeps in
+    its local storage (``gr.BrowserState``), so a reload brings the page back. Only paths the server
+    wrote or received are kept: the browser sends the id, never a path. In memory, for ``max_sessions``."""
+
+    def __init__(self, max_sessions: int = 500):
+        self.max_sessions = max_sessions
+        self._data: dict[str, dict[str, Any]] = {}
+        self._guard = threading.Lock()
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def get(self, sid: Optional[str]) -> dict[str, Any]:
+        with self._guard:
+            return dict(self._data.get(sid or "", {}))
+
+    def update(self, sid: Optional[str], **values: Any) -> None:
+        if not sid:
+            return
+        with self._guard:
+            entry = self._data.pop(sid, {})
+            entry.update(values)
+            self._data[sid] = entry  # most recent last
+            while len(self._data) > self.max_sessions:
+                self._data.pop(next(iter(self._data)))
+
+
+def existing(path: Any) -> Optional[str]:
+    """``path`` when it is a file that still exists, else None (restored sessions skip what was pruned)."""
+    return str(path) if isinstance(path, str) and path and Path(path).is_file() else None
 
 
 def with_steps(renderer: Any, steps: int) -> Any:
@@ -426,16 +621,23 @@ def with_steps(renderer: Any, steps: int) -> Any:
     return clone
 
 
+_PATH = re.compile(r"(?<![\w:/.])(?:/[^\s/'\"`;,()]+)+/([^\s/'\"`;,()]+)")
+
+
+def scrub(text: str) -> str:
+    """``text`` with every absolute server path shown as its file name only (uploads keep their own
+    name as the last part of the path); URIs such as ``s3://b/k.png`` are left alone."""
+    return _PATH.sub(lambda m: m.group(1), text)
+
+
 def friendly_error(exc: BaseException) -> str:
-    """The one line a person sees for ``exc``: a FaceposeError's own message, else its kind and text
-    (the traceback goes to the server log only)."""
+    """The one line a person sees for ``exc``: a FaceposeError's own message with server paths shown as
+    file names; anything else is a bug, logged with its traceback and shown as one line without its text."""
     if isinstance(exc, FaceposeError):
-        return str(exc)
-    if isinstance(exc, ValueError):  # registry lookups: "unknown renderer 'x'; choose from [...]"
-        return " ".join(str(exc).split())
-    log.exception("unexpected error in the web app")
-    text = " ".join(str(exc).split())[:300]
-    return f"unexpected {type(exc).__name__}: {text} (details are in the server log)"
+        return scrub(" ".join(str(exc).split()))
+    log.error("unexpected error in the web app", exc_info=exc)
+    return (f"something went wrong on the server ({type(exc).__name__}); the details are in its log. "
+            "Try again, or with another file")
 
 
 # -- batch ----------------------------------------------------------------------------------------
@@ -629,6 +831,8 @@ class BatchRun:
                     row.update({c: old.get(c) for c in BATCH_COLUMNS}, status="skipped" if finished else "done before")
             elif finished and row.get("status") == "waiting":
                 row["status"] = "not run"
+            if isinstance(row.get("error"), str):
+                row["error"] = scrub(" ".join(row["error"].split()))
             for c in ("seconds", "render_s"):
                 if isinstance(row.get(c), float):
                     row[c] = round(row[c], 2)
@@ -645,29 +849,81 @@ class BatchRun:
         if not finished:
             done = sum(1 for r in rows if r.get("status") in ("ok", "done before", "error", "skipped"))
             last = next((ln for ln in reversed(self.log_tail(20).splitlines()) if ln.strip()), "starting")
-            last = re.sub(r"^\d\d:\d\d:\d\d\.\d+ \| \w+ +\| ", "", last.strip())[:160]
-            return (f"Batch running for {elapsed:.0f} s: {done} of {len(rows)} jobs finished. Output: `{self.out}`  \n"
-                    f"<small>{_html_escape(last)}</small>")
+            last = scrub(re.sub(r"^\d\d:\d\d:\d\d\.\d+ \| \w+ +\| ", "", last.strip()))[:160]
+            head = f"Batch running for {elapsed:.0f} s: {done} of {len(rows)} jobs finished."
+            if done == 0:
+                head += " The engine (Prefect and Ray) takes about half a minute to start; each job's row changes as it finishes."
+            return f"{head} {self._where()}  \n<small>{_html_escape(last)}</small>"
         if self.stopped:
             return f"Batch stopped after {elapsed:.0f} s ({summary}). Run it again to pick up where it stopped."
         # render-batch exits 1 when some jobs failed, a finished run; it broke when jobs were left unrun
         if code != 0 and (not rows or any(r.get("status") == "not run" for r in rows)):
             last = next((ln for ln in reversed(self.log_tail(200).splitlines()) if ln.strip()), "no output")
             return f"<span class='fp-warn'>⚠ render-batch failed (exit {code}) after {elapsed:.0f} s: {last.strip()}</span>"
-        return f"Batch finished in {elapsed:.0f} s: {summary}. Results: `{self.results_uri}`"
+        return f"Batch finished in {elapsed:.0f} s: {summary}. {self._where(done=True)}"
+
+    def _where(self, done: bool = False) -> str:
+        """Where the outputs go: a storage URI as it is; a folder on the server is not the reader's business."""
+        if "://" in self.out:
+            return f"Results: `{self.results_uri}`" if done else f"Output: `{self.out}`"
+        return "Every video and the results tables are in the zip below." if done else \
+            "Videos appear below as their jobs finish."
+
+    def local_video(self, row: dict[str, Any]) -> Optional[Path]:
+        """A finished job's video as a local file the page can show: the output itself when it is on
+        this machine, else a copy fetched once into the run's folder."""
+        from facepose import storage
+
+        out = row.get("output")
+        if row.get("status") not in ("ok", "skipped", "done before") or not isinstance(out, str) or not out:
+            return None
+        if "://" not in out:
+            return Path(out) if Path(out).is_file() else None
+        local = self.folder / "outputs" / f"{_safe_stem(str(row['job_id']))}.mp4"
+        if not local.is_file():
+            try:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                tmp = local.with_suffix(".part")
+                tmp.write_bytes(storage.read_bytes(out))
+                tmp.replace(local)
+            except FaceposeError as e:
+                log.warning("batch: cannot fetch %s: %s", out, e)
+                return None
+        return local
 
     def _downloads(self) -> list[Path]:
-        """The results table as CSV and Parquet in the run's folder (from any storage)."""
-        from facepose import storage
+        """The run's results as CSV and Parquet (read through :func:`facepose.manifest.read_results`, from
+        any storage) and one zip with them and every finished video, in the run's folder."""
+        import zipfile
+
         from facepose.manifest import RESULT_SCHEMA, read_results, write_rows
 
         parquet = self.folder / "results.parquet"
         csv_path = self.folder / "results.csv"
-        if not csv_path.is_file():
-            parquet.write_bytes(storage.read_bytes(self.results_uri))
-            rows = list(read_results(self.results_uri).values())
+        bundle = self.folder / f"facepose-batch-{self.folder.name}.zip"
+        if not bundle.is_file():
+            rows = sorted(read_results(self.results_uri).values(), key=lambda r: str(r["job_id"]))
             write_rows(str(csv_path), rows, schema=RESULT_SCHEMA)
-        return [csv_path, parquet]
+            write_rows(str(parquet), [{n: r.get(n) for n in RESULT_SCHEMA.names} for r in rows], schema=RESULT_SCHEMA)
+            tmp = bundle.with_suffix(".part")
+            with zipfile.ZipFile(tmp, "w") as z:
+                z.write(csv_path, "results.csv")
+                z.write(parquet, "results.parquet")
+                for r in rows:
+                    video = self.local_video(r)
+                    if video is not None:  # mp4 is compressed already: stored as it is
+                        z.write(video, f"videos/{_safe_stem(str(r['job_id']))}.mp4", compress_type=zipfile.ZIP_STORED)
+            tmp.replace(bundle)
+        return [bundle, csv_path, parquet]
+
+    def videos(self, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """(local video path, caption) of every finished job so far, for the page's gallery."""
+        out = []
+        for r in rows:
+            video = self.local_video(r)
+            if video is not None:
+                out.append((str(video), f"{r['job_id']} ({r.get('status')})"))
+        return out
 
 
 def _html_escape(text: str) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 from facepose.config import Config, FaceConfig
 from facepose.errors import InputError, NoFaceError
 from facepose.pose import face_model as fm
+from facepose.pose.adjust import adjust_pose
 from facepose.pose.audio2pose import Audio2PoseConfig, audio_to_pose
 from facepose.pose.presets import load_preset
 from facepose.pose.retarget import RetargetConfig, retarget
@@ -181,6 +182,8 @@ def from_source(
     pose.meta["driver_type"] = k
     if frames is not None and len(pose) != frames:  # guard the exact-length contract
         pose = pose.with_length(frames)
+    if cfg is not None:  # pose controls (pose.adjust; the defaults change nothing)
+        pose = adjust_pose(pose, cfg.pose.adjust, rest=ref)
     return pose
 
 
