@@ -1,0 +1,168 @@
+"""Text to speech for lessons: ``synthesize(text, cfg) -> Speech`` (mono float32 audio + one cue per
+sentence), backends found by name in :data:`BACKENDS` (``tts.backend``).
+
+- ``espeak`` (default): eSpeak NG from the ``espeakng-loader`` wheel; ~100 languages, no model files.
+- ``piper``: Piper neural voices from a local folder (``tts.piper_dir``), see :mod:`facepose.tts.piper`.
+
+Each sentence is synthesised on its own and trimmed to its sound, so a cue's start is the sentence's
+speech onset (see :mod:`facepose.tts.base`). ``cached_speech`` keys the result by a digest of everything
+that changes the sound and keeps it as a WAV + JSON pair, so identical scripts are synthesised once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from facepose.config import TTSConfig
+from facepose.errors import InputError
+from facepose.tts.base import Cue, Speech, Voice, paragraphs, voiced_span
+
+__all__ = ["BACKENDS", "Cue", "Speech", "Voice", "cached_speech", "get_backend", "list_voices", "synthesize",
+           "speech_digest"]
+
+
+def _espeak(cfg: TTSConfig):
+    from facepose.tts.espeak import EspeakBackend
+
+    return EspeakBackend(cfg)
+
+
+def _piper(cfg: TTSConfig):
+    from facepose.tts.piper import PiperBackend
+
+    return PiperBackend(cfg)
+
+
+BACKENDS: dict[str, Callable[[TTSConfig], object]] = {"espeak": _espeak, "piper": _piper}
+_INSTANCES: dict[tuple, object] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
+def get_backend(cfg: TTSConfig):
+    """The backend ``cfg.backend`` (one instance per backend and voice folder in a process)."""
+    if cfg.backend not in BACKENDS:
+        raise InputError(f"unknown speech backend {cfg.backend!r}; choose from {sorted(BACKENDS)} (tts.backend)")
+    key = (cfg.backend, cfg.piper_dir)
+    with _INSTANCES_LOCK:
+        if key not in _INSTANCES:
+            _INSTANCES[key] = BACKENDS[cfg.backend](cfg)
+        return _INSTANCES[key]
+
+
+def list_voices(cfg: Optional[TTSConfig] = None) -> list[Voice]:
+    """The voices of ``cfg.backend`` (for pickers: name, languages, description)."""
+    return get_backend(cfg or TTSConfig()).voices()
+
+
+def _request(cfg: TTSConfig, voice: Optional[str], language: Optional[str], rate: Optional[float]) -> tuple[str, str, float]:
+    rate = float(cfg.rate if rate is None else rate)
+    if not 0.25 <= rate <= 4.0:
+        raise InputError(f"speaking rate {rate} is out of range; use 0.25 .. 4 (1 is the voice's own speed)")
+    name, lang = get_backend(cfg).resolve(voice if voice is not None else cfg.voice,
+                                          language if language is not None else cfg.language)
+    return name, lang, rate
+
+
+def synthesize(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional[str] = None,
+               language: Optional[str] = None, rate: Optional[float] = None, markdown: bool = False) -> Speech:
+    """Speak ``text`` (paragraphs split at blank lines; ``markdown`` strips Markdown first).
+
+    voice / language / rate override the config's. -> Speech: (N,) float32 audio at the backend's sample
+    rate, one Cue per sentence whose start is where that sentence's sound begins (seconds)."""
+    cfg = cfg or TTSConfig()
+    name, lang, rate = _request(cfg, voice, language, rate)
+    paras = paragraphs(text, markdown=markdown)
+    if not paras:
+        raise InputError("the script has no words to speak; give text with at least one sentence")
+    backend = get_backend(cfg)
+    parts: list[np.ndarray] = []
+    cues: list[Cue] = []
+    sr = None
+    pos = 0  # samples so far
+    for p, sentences in enumerate(paras):
+        for i, sentence in enumerate(sentences):
+            audio, rate_hz = backend.sentence(sentence, name, rate)
+            if sr is None:
+                sr = rate_hz
+                parts.append(np.zeros(int(cfg.edge_pause_s * sr), np.float32))
+                pos = len(parts[0])
+            elif rate_hz != sr:
+                raise RuntimeError(f"{backend.name} changed sample rate mid-script ({sr} -> {rate_hz})")
+            a, b = voiced_span(audio, sr)
+            if b <= a:  # nothing audible (punctuation only)
+                continue
+            if cues:
+                gap = cfg.paragraph_pause_s if cues[-1].paragraph != p else cfg.sentence_pause_s
+                parts.append(np.zeros(int(gap * sr), np.float32))
+                pos += len(parts[-1])
+            parts.append(np.clip(audio[a:b], -1.0, 1.0).astype(np.float32))
+            cues.append(Cue(start=pos / sr, end=(pos + b - a) / sr, text=sentence, paragraph=p))
+            pos += b - a
+    if not cues:
+        raise InputError("the script made no sound; give text with words in the voice's language")
+    parts.append(np.zeros(int(cfg.edge_pause_s * sr), np.float32))
+    return Speech(audio=np.concatenate(parts), sample_rate=int(sr), cues=cues, voice=name, language=lang,
+                  backend=backend.name)
+
+
+def speech_digest(text: str, cfg: TTSConfig, voice: Optional[str] = None, language: Optional[str] = None,
+                  rate: Optional[float] = None, markdown: bool = False) -> str:
+    """Hex digest of everything that decides the synthesised sound (text, backend, resolved voice, rate,
+    pauses; for piper the model file's size and time)."""
+    name, lang, rate = _request(cfg, voice, language, rate)
+    key = {"text": text, "markdown": markdown, "backend": cfg.backend, "voice": name, "language": lang, "rate": rate,
+           "pauses": [cfg.sentence_pause_s, cfg.paragraph_pause_s, cfg.edge_pause_s], "v": 1}
+    if cfg.backend == "piper" and cfg.piper_dir:
+        st = (Path(cfg.piper_dir).expanduser() / f"{name}.onnx").stat()
+        key["model"] = [st.st_size, st.st_mtime_ns]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def cache_dir(cfg: TTSConfig) -> Path:
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path(tempfile.gettempdir()) / "facepose-tts"
+
+
+#: how many times this process synthesised (cache misses) and reused (hits) speech
+STATS = {"synthesized": 0, "cached": 0}
+
+
+def cached_speech(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional[str] = None,
+                  language: Optional[str] = None, rate: Optional[float] = None,
+                  markdown: bool = False) -> tuple[Speech, Path, bool]:
+    """:func:`synthesize` through the digest-keyed cache in ``cfg.cache_dir``.
+
+    -> (speech, path of its WAV, whether it came from the cache). Files are written to a temporary name
+    and renamed, so concurrent workers on one cache never read half a file."""
+    import soundfile as sf
+
+    cfg = cfg or TTSConfig()
+    digest = speech_digest(text, cfg, voice, language, rate, markdown)
+    folder = cache_dir(cfg)
+    wav, meta = folder / f"{digest}.wav", folder / f"{digest}.json"
+    if wav.is_file() and meta.is_file():
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        audio, sr = sf.read(wav, dtype="float32")
+        STATS["cached"] += 1
+        speech = Speech(audio=audio, sample_rate=int(sr), cues=[Cue(**c) for c in info["cues"]],
+                        voice=info["voice"], language=info["language"], backend=info["backend"])
+        return speech, wav, True
+    speech = synthesize(text, cfg, voice=voice, language=language, rate=rate, markdown=markdown)
+    STATS["synthesized"] += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
+    sf.write(f"{tmp}.wav", speech.audio, speech.sample_rate, subtype="FLOAT", format="WAV")
+    Path(f"{tmp}.json").write_text(json.dumps({
+        "cues": [dataclasses.asdict(c) for c in speech.cues], "voice": speech.voice, "language": speech.language,
+        "backend": speech.backend, "seconds": speech.seconds}, ensure_ascii=False), encoding="utf-8")
+    os.replace(f"{tmp}.wav", wav)
+    os.replace(f"{tmp}.json", meta)  # written last: it vouches for the WAV
+    return speech, wav, False
