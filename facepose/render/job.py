@@ -23,6 +23,7 @@ class RenderResult:
     seconds: float
     render_s: float
     audio: Optional[str] = None  # URI of the audio track muxed in, if any
+    captions: tuple[str, ...] = ()  # subtitle files written beside the video (text drivers)
 
 
 def render_video(
@@ -69,6 +70,10 @@ def render_video(
     audio_uri = pose.meta.get("audio")
     if audio_uri:
         audio = load_audio(audio_uri, sr=16000)
+        if pose.meta.get("cues") is not None:  # a lesson: speech padded with silence, never looped
+            from facepose.lesson import mux_audio
+
+            audio = mux_audio(pose, audio, 16000)
         n = int(round(len(pose) / pose.fps * 16000))
         if len(audio) < n:  # a looped pose loops its audio too
             audio = np.resize(audio, n)
@@ -78,12 +83,19 @@ def render_video(
         renderer = get_renderer(backend, cfg)
     stage("rendering")
     frames = 0
+    from facepose.config import TTSConfig
+    from facepose.lesson import caption_frames, write_captions
+
+    tts = getattr(cfg, "tts", None) or TTSConfig()
+    stream = caption_frames(renderer.render(crop, pose, seed=seed, progress=progress, name=ref_name), pose, tts)
     with VideoWriter(output, fps=pose.fps, audio=audio, sample_rate=16000) as writer:
-        for frame in renderer.render(crop, pose, seed=seed, progress=progress, name=ref_name):
+        for frame in stream:
             writer.write(frame)
             frames += 1
     if frames != len(pose):
         raise RuntimeError(f"renderer {backend} gave {frames} frames for a {len(pose)}-frame pose")
+    captions = tuple(write_captions(output, pose, tts))
     elapsed = time.perf_counter() - t0
     log.info("rendered %s: %d frames in %.1fs", output, frames, elapsed)
-    return RenderResult(output=str(output), frames=frames, seconds=frames / pose.fps, render_s=elapsed, audio=audio_uri)
+    return RenderResult(output=str(output), frames=frames, seconds=frames / pose.fps, render_s=elapsed, audio=audio_uri,
+                        captions=captions)
