@@ -78,6 +78,21 @@ def mux_audio(pose, audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return audio[:n]
 
 
+def with_voice(cfg, voice: Optional[str] = None, language: Optional[str] = None, rate: Optional[float] = None):
+    """``cfg`` (a facepose Config) with a manifest row's voice / language / rate in its ``tts`` section
+    (a new object; the given one is not changed). A language without a voice picks that language's voice."""
+    tts = getattr(cfg, "tts", None) or TTSConfig()
+    changes = {k: v for k, v in (("voice", voice), ("language", language), ("rate", rate)) if v is not None}
+    if language is not None and voice is None:
+        changes["voice"] = None
+    tts = dataclasses.replace(tts, **changes)
+    if cfg is None:
+        from facepose.config import Config
+
+        cfg = Config()
+    return dataclasses.replace(cfg, tts=tts)
+
+
 def caption_mode(tts: TTSConfig) -> str:
     if tts.captions not in CAPTION_MODES:
         raise InputError(f"unknown captions mode {tts.captions!r}; choose from {list(CAPTION_MODES)} (tts.captions)")

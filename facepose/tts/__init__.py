@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -133,6 +134,9 @@ def cache_dir(cfg: TTSConfig) -> Path:
 
 #: how many times this process synthesised (cache misses) and reused (hits) speech
 STATS = {"synthesized": 0, "cached": 0}
+#: every synthesis through the cache appends "<digest>\t<voice>\t<seconds>" here (in the cache folder)
+SYNTH_LOG = "synthesized.log"
+_LOCK_STALE_S = 300.0
 
 
 def cached_speech(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional[str] = None,
@@ -141,28 +145,51 @@ def cached_speech(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional
     """:func:`synthesize` through the digest-keyed cache in ``cfg.cache_dir``.
 
     -> (speech, path of its WAV, whether it came from the cache). Files are written to a temporary name
-    and renamed, so concurrent workers on one cache never read half a file."""
+    and renamed, so concurrent workers on one cache never read half a file; a lock file per digest makes
+    workers asking for the same speech at once synthesise it once (the others wait and read it)."""
     import soundfile as sf
 
     cfg = cfg or TTSConfig()
     digest = speech_digest(text, cfg, voice, language, rate, markdown)
     folder = cache_dir(cfg)
-    wav, meta = folder / f"{digest}.wav", folder / f"{digest}.json"
-    if wav.is_file() and meta.is_file():
-        info = json.loads(meta.read_text(encoding="utf-8"))
-        audio, sr = sf.read(wav, dtype="float32")
-        STATS["cached"] += 1
-        speech = Speech(audio=audio, sample_rate=int(sr), cues=[Cue(**c) for c in info["cues"]],
-                        voice=info["voice"], language=info["language"], backend=info["backend"])
-        return speech, wav, True
-    speech = synthesize(text, cfg, voice=voice, language=language, rate=rate, markdown=markdown)
-    STATS["synthesized"] += 1
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
-    sf.write(f"{tmp}.wav", speech.audio, speech.sample_rate, subtype="FLOAT", format="WAV")
-    Path(f"{tmp}.json").write_text(json.dumps({
-        "cues": [dataclasses.asdict(c) for c in speech.cues], "voice": speech.voice, "language": speech.language,
-        "backend": speech.backend, "seconds": speech.seconds}, ensure_ascii=False), encoding="utf-8")
-    os.replace(f"{tmp}.wav", wav)
-    os.replace(f"{tmp}.json", meta)  # written last: it vouches for the WAV
+    wav, meta, lock = folder / f"{digest}.wav", folder / f"{digest}.json", folder / f"{digest}.lock"
+    while True:  # one synthesis per digest, also across processes sharing the folder (Ray actors)
+        if meta.is_file() and wav.is_file():
+            return _load_cached(wav, meta), wav, True
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            try:
+                stale = time.time() - lock.stat().st_mtime > _LOCK_STALE_S  # its owner died
+            except FileNotFoundError:
+                continue
+            if stale:
+                lock.unlink(missing_ok=True)
+            time.sleep(0.05)
+    try:
+        speech = synthesize(text, cfg, voice=voice, language=language, rate=rate, markdown=markdown)
+        STATS["synthesized"] += 1
+        tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
+        sf.write(f"{tmp}.wav", speech.audio, speech.sample_rate, subtype="FLOAT", format="WAV")
+        Path(f"{tmp}.json").write_text(json.dumps({
+            "cues": [dataclasses.asdict(c) for c in speech.cues], "voice": speech.voice, "language": speech.language,
+            "backend": speech.backend, "seconds": speech.seconds}, ensure_ascii=False), encoding="utf-8")
+        os.replace(f"{tmp}.wav", wav)
+        os.replace(f"{tmp}.json", meta)  # written last: it vouches for the WAV
+        with open(folder / SYNTH_LOG, "a", encoding="utf-8") as f:  # one short line: an atomic append
+            f.write(f"{digest}\t{speech.voice}\t{speech.seconds:.3f}\n")
+    finally:
+        lock.unlink(missing_ok=True)
     return speech, wav, False
+
+
+def _load_cached(wav: Path, meta: Path) -> Speech:
+    import soundfile as sf
+
+    info = json.loads(meta.read_text(encoding="utf-8"))
+    audio, sr = sf.read(wav, dtype="float32")
+    STATS["cached"] += 1
+    return Speech(audio=audio, sample_rate=int(sr), cues=[Cue(**c) for c in info["cues"]],
+                  voice=info["voice"], language=info["language"], backend=info["backend"])
