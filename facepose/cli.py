@@ -252,7 +252,7 @@ def _batch_summary(summary: dict, noun: str) -> None:
 
     table = Table(show_header=False, title=f"{noun} summary")
     for key, value in summary.items():
-        if key in {"errors", "results_rows", "outputs", "flow_run_id"}:
+        if key in {"errors", "results_rows", "outputs", "flow_run_id", "run_id"}:
             continue
         table.add_row(str(key), f"{value:.2f}" if isinstance(value, float) else str(value))
     Console().print(table)
@@ -260,41 +260,50 @@ def _batch_summary(summary: dict, noun: str) -> None:
         console.print(f"[red]failed[/red] {err}", highlight=False, soft_wrap=True)
 
 
-@app.command("render-batch")
+#: Exit codes of the batch commands (render-batch, curate).
+EXIT_OK, EXIT_JOBS_FAILED, EXIT_NOT_STARTED = 0, 1, 2
+BATCH_EXIT_HELP = ("Exit status: 0 every row ok or skipped (done before); 1 some rows failed (see results.parquet); "
+                   "2 the run could not start (unreadable manifest, unreachable storage).")
+
+
+def _run_batch(kind: str, manifest: str, out: str, retry_failed: bool, dry_run: bool, label: str) -> None:
+    """Plan (errors: one line, exit 2), then run; exit 1 when any row failed."""
+    from tasks.run import run_batch
+
+    try:
+        state.cfg  # validate config before anything starts
+        with progress_bar(label) as update:
+            summary = run_batch(kind, manifest, out, overrides=state.overrides, config_files=state.files, retry_failed=retry_failed,
+                                dry_run=dry_run, progress=lambda d, t, row=None: update(d, t))
+    except FaceposeError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NOT_STARTED)
+    _batch_summary(summary, "plan" if dry_run else kind)
+    if not dry_run:
+        done(f"outputs under {summary.get('out', out)}; results in {summary.get('results')}")
+    raise typer.Exit(EXIT_JOBS_FAILED if summary.get("error") else EXIT_OK)
+
+
+@app.command("render-batch", epilog=BATCH_EXIT_HELP)
 def render_batch(
-    manifest: str = typer.Argument(..., help="Render manifest (CSV, JSONL or Parquet; path or s3:// URI)."),
+    manifest: str = typer.Argument(..., help="Render manifest (CSV, JSONL or Parquet; path or s3:// URI): job_id, reference, driver, [seconds, ...]."),
     out: str = typer.Option(..., "--out", "-o", help="Output prefix for the videos and results.parquet."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun only the jobs that failed before."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun the jobs that failed before."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan the manifest; render nothing."),
 ) -> None:
-    """Render every job of MANIFEST through the Prefect render flow on Ray actors (reruns resume)."""
-    from flows.render import run_render_batch
-
-    state.cfg  # validate config before starting Ray
-    with progress_bar("rendering jobs") as update:
-        summary = run_render_batch(manifest, out, overrides=state.overrides, config_files=state.files,
-                                   retry_failed=retry_failed, progress=lambda d, t, row=None: update(d, t))
-    _batch_summary(summary, "render")
-    done(f"videos under {summary.get('out', out)}; results in {summary.get('results')}")
-    if summary.get("error"):
-        raise typer.Exit(1)
+    """Render every job of MANIFEST on Ray actors through the Prefect render flow (reruns resume)."""
+    _run_batch("render", manifest, out, retry_failed, dry_run, "rendering jobs")
 
 
-@app.command("curate")
+@app.command("curate", epilog=BATCH_EXIT_HELP)
 def curate(
     manifest: str = typer.Argument(..., help="Curation manifest (video_id, video, [audio, start, end])."),
     out: str = typer.Option(..., "--out", "-o", help="Output prefix of the curated dataset."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun the videos that failed before."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan the manifest; curate nothing."),
 ) -> None:
-    """Curate videos into 512x512 face clips, pose rows, audio features and Face Locator boxes."""
-    from flows.curate import run_curate
-
-    state.cfg
-    with progress_bar("curating videos") as update:
-        summary = run_curate(manifest, out, overrides=state.overrides, config_files=state.files,
-                             progress=lambda d, t, row=None: update(d, t))
-    _batch_summary(summary, "curation")
-    done(f"curated dataset under {summary.get('out', out)}")
-    if summary.get("error"):
-        raise typer.Exit(1)
+    """Curate videos into 512x512 face clips, pose rows, audio features and Face Locator boxes (reruns resume)."""
+    _run_batch("curate", manifest, out, retry_failed, dry_run, "curating videos")
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -344,7 +353,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point: runs the CLI, turning FaceposeErrors into one ``error:`` line and exit code 1."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="facepose", standalone_mode=False)
+        code = command.main(args=argv, prog_name="facepose", standalone_mode=False)
+        if isinstance(code, int):  # typer.Exit(n) comes back as the return value when standalone_mode is off
+            return code
     except FaceposeError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 1

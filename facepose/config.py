@@ -214,6 +214,9 @@ class BatchConfig:
     actor_restarts: int = 2  # Ray restarts an actor whose process dies (the row in flight fails alone)
     poll_s: float = 0.02  # how often the pool's dispatcher checks for finished rows
     forward_storage_env: bool = True  # pass MINIO_* from the flow's environment to the actors (off when workers have their own)
+    max_seconds: float = 600.0  # a render job asking for a longer video fails alone (split it, or raise this)
+    lease_s: float = 120.0  # a run's claim on a job (_claims/<id>.json) lapses this long after its last renewal (a killed run's jobs free up then)
+    compact_grace_s: float = 3600.0  # per-run result parts (_results/) older than this are folded into the results file and deleted
 
 
 @dataclass

@@ -12,11 +12,13 @@ the reference's and driver's size and mtime or S3 ETag, the driver, seconds, bac
 a rerun can skip a job that finished with the same inputs and render again one whose inputs changed.
 
 Finished jobs leave a done marker (``<output_prefix>/_done/<job_id>.json``, the result row) written
-after the video, and a results Parquet (one row a job) that each run merges into.
+after the video. Planning, results and reruns are the same for every kind of job: :mod:`facepose.batch`.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import datetime as _dt
 import hashlib
@@ -27,6 +29,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Any, Iterable, Optional
@@ -62,7 +65,7 @@ RESULT_SCHEMA = pa.schema(
     ]
 )
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_UNSAFE = set('/\\:*?"<>|')  # path separators and what Windows refuses in names
 
 
 # -- tables: CSV, JSONL, Parquet -----------------------------------------------------------------
@@ -74,28 +77,95 @@ def _format(uri: str) -> str:
     raise InputError(f"{uri}: unknown manifest format; use a .csv, .jsonl or .parquet file")
 
 
-def read_rows(uri: str) -> list[dict[str, Any]]:
+def _decode(uri: str, data: bytes) -> str:
+    """Text of a CSV: UTF-8 (with or without BOM), UTF-16 with a BOM, or Windows-1252 (what Excel's
+    plain "CSV" saves) when the bytes are not UTF-8 but read as clean Windows-1252 text."""
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        bad = f"byte 0x{data[e.start]:02x} at offset {e.start}"
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise InputError(f"{uri}: not UTF-8 text ({bad}) nor Windows-1252; save the manifest as 'CSV UTF-8'") from None
+    if "\x00" in text or any(unicodedata.category(c) == "Cc" and c not in "\r\n\t" for c in text):
+        raise InputError(f"{uri}: not a text file ({bad} and control characters); save the manifest as 'CSV UTF-8'")
+    log.warning("%s: not UTF-8 (%s); read it as Windows-1252, Excel's default. Save it as 'CSV UTF-8' to be sure", uri, bad)
+    return text
+
+
+def _delimiter(uri: str, header: str, required: tuple[str, ...]) -> str:
+    """The CSV separator: ``,`` unless the header only makes sense split on ``;`` or a tab."""
+    found = {}
+    for sep in (",", ";", "\t"):
+        names = [n.strip() for n in next(csv.reader([header], delimiter=sep), [])]
+        found[sep] = names
+        if required and all(r in names for r in required):
+            return sep
+        if not required and len(names) > 1:
+            return sep
+    names = found[","]
+    need = ", ".join(required)
+    raise InputError(f"{uri}: missing the column(s) {', '.join(r for r in required if r not in names)}: the header reads "
+                     f"{header.strip()[:120]!r}; a manifest needs {need} in its first line, separated by ',' (or ';')")
+
+
+def read_rows(uri: str, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """The rows of a CSV, JSONL or Parquet table at ``uri`` as dicts (empty CSV cells become None).
 
-    Raises InputError for a file that is not such a table, StorageError when it cannot be read."""
+    ``required``: columns the table must have (checked on the CSV header or the Parquet schema). A CSV
+    may be UTF-8, UTF-16 with a BOM or Windows-1252, separated by ``,``, ``;`` or tabs (chosen by which
+    one yields the required columns). Raises InputError, naming the file and the fix, for a file that is
+    not such a table; StorageError when it cannot be read."""
     fmt = _format(uri)
     data = storage.read_bytes(uri)
     try:
         if fmt == "csv":
-            text = data.decode("utf-8-sig")
-            return [{k.strip(): (v.strip() if isinstance(v, str) and v.strip() != "" else None) for k, v in row.items() if k} for row in csv.DictReader(io.StringIO(text))]
+            text = _decode(uri, data)
+            header = next((line for line in text.splitlines() if line.strip()), "")
+            if not header:
+                return []
+            sep = _delimiter(uri, header, required)
+            return [{k.strip(): (v.strip() if isinstance(v, str) and v.strip() != "" else None) for k, v in row.items() if k}
+                    for row in csv.DictReader(io.StringIO(text), delimiter=sep)]
         if fmt == "jsonl":
             rows = []
-            for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
+            for n, line in enumerate(data.decode("utf-8-sig").splitlines(), 1):
                 if line.strip():
                     row = json.loads(line)
                     if not isinstance(row, dict):
                         raise InputError(f"{uri}: line {n} is not a JSON object")
                     rows.append(row)
             return rows
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, pa.ArrowInvalid) as e:
+        table = pq.read_table(io.BytesIO(data))
+        missing = [r for r in required if r not in table.column_names]
+        if missing:
+            raise InputError(f"{uri}: missing the column(s) {', '.join(missing)} (found {', '.join(table.column_names)}); add them")
+        return table.to_pylist()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{uri}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
+    except (json.JSONDecodeError, csv.Error, pa.ArrowInvalid) as e:
         raise InputError(f"{uri}: not a readable {fmt} table ({str(e).splitlines()[0][:160]})") from None
+
+
+MAX_ID_CHARS = 128
+MAX_ID_BYTES = 200  # file systems allow 255 bytes a name; leave room for suffixes
+
+
+def check_id(value: str) -> Optional[str]:
+    """Why ``value`` cannot be a job id (None when it can): ids become file names (``<id>.mp4``,
+    ``_done/<id>.json``), so letters of any script, digits, spaces and punctuation are fine, but not
+    path separators, a leading dot, control characters or more than 128 characters (200 UTF-8 bytes)."""
+    if len(value) > MAX_ID_CHARS or len(value.encode("utf-8")) > MAX_ID_BYTES:
+        return f"is longer than {MAX_ID_CHARS} characters ({MAX_ID_BYTES} UTF-8 bytes)"
+    if value.startswith("."):
+        return "starts with '.' (a hidden file name)"
+    bad = sorted({c for c in value if c in _UNSAFE or (unicodedata.category(c)[0] in "CZ" and c != " ")})
+    if bad:
+        return f"holds {', '.join(repr(c) for c in bad)}; use letters, digits, spaces, '.', '_' or '-'"
+    return None
 
 
 def write_rows(uri: str, rows: list[dict[str, Any]], schema: Optional[pa.Schema] = None) -> None:
@@ -212,11 +282,11 @@ def _field_error(n: int, job_id: Optional[str], message: str) -> InputError:
 
 
 def parse_render_rows(
-    rows: Iterable[dict[str, Any]], output_prefix: str, *, base: str = "", backend: str = "warp", seed: int = 0
+    rows: Iterable[dict[str, Any]], output_prefix: str, *, base: str = "", backend: str = "warp", seed: int = 0, max_seconds: float = math.inf
 ) -> tuple[list[RenderJob], list[dict[str, Any]]]:
     """Validate manifest rows -> (jobs, error results). ``base`` is the folder relative paths start from;
-    ``backend``/``seed`` are the defaults for rows that name none. Input digests are filled in later by
-    :func:`attach_digests` (they need storage)."""
+    ``backend``/``seed`` are the defaults for rows that name none; a row asking for more than
+    ``max_seconds`` fails. Input digests are filled in later by :func:`attach_digests` (they need storage)."""
     jobs: list[RenderJob] = []
     errors: list[dict[str, Any]] = []
     seen_ids: dict[str, int] = {}
@@ -224,11 +294,13 @@ def parse_render_rows(
     prefix = output_prefix.rstrip("/")
     for n, raw in enumerate(rows, 1):
         job_id = _text(raw.get("job_id"))
+        job_id = unicodedata.normalize("NFC", job_id) if job_id else None
         try:
             if job_id is None:
                 raise _field_error(n, None, "job_id is empty; give every row a unique job_id")
-            if not _ID.match(job_id):
-                raise _field_error(n, job_id, "job_id may only hold letters, digits, '.', '_' and '-' (at most 128), starting with a letter or digit")
+            problem = check_id(job_id)
+            if problem:
+                raise _field_error(n, job_id, f"job_id {problem}")
             if job_id in seen_ids:
                 raise _field_error(n, job_id, f"duplicate job_id (first on row {seen_ids[job_id]}); job ids must be unique")
             seen_ids[job_id] = n
@@ -249,6 +321,9 @@ def parse_render_rows(
                     raise _field_error(n, job_id, f"seconds {raw['seconds']!r} is not a number") from None
                 if not (seconds > 0 and math.isfinite(seconds)):
                     raise _field_error(n, job_id, f"seconds must be positive, got {raw['seconds']!r}")
+                if seconds > max_seconds:
+                    raise _field_error(n, job_id, f"asks for {seconds:g} s, more than batch.max_seconds={max_seconds:g}; "
+                                                  "split the job or raise the limit (-s batch.max_seconds=...)")
             row_seed = seed
             if not _blank(raw.get("seed")):
                 try:
@@ -284,7 +359,7 @@ def parse_render_rows(
                 )
             )
         except InputError as e:
-            rid = job_id if job_id and _ID.match(job_id) and seen_ids.get(job_id) == n else f"#{n}"
+            rid = job_id if job_id and seen_ids.get(job_id) == n else f"#{n}"
             errors.append(error_result(rid, e))
     return jobs, errors
 
@@ -312,91 +387,11 @@ def attach_digests(jobs: list[RenderJob]) -> tuple[list[RenderJob], list[dict[st
     return ok, errors
 
 
-# -- planning a run -------------------------------------------------------------------------------
-@dataclass
-class RenderPlan:
-    """What a run does: ``todo`` jobs to render, ``done`` results kept from earlier runs (ok with the
-    same inputs), ``failed`` results of rows that cannot run (bad rows, missing inputs)."""
-
-    todo: list[RenderJob]
-    done: list[dict[str, Any]]
-    failed: list[dict[str, Any]]
-    previous: Optional[dict[str, dict[str, Any]]] = None  # the results file as it was
-
-    @property
-    def total(self) -> int:
-        return len(self.todo) + len(self.done) + len(self.failed)
-
-
-def needs_run(job: RenderJob, previous: Optional[dict[str, Any]], retry_failed: bool) -> bool:
-    """Whether ``job`` renders in this run, given its earlier result: never run, inputs changed, or an
-    earlier error that is transient (or any error with ``retry_failed``)."""
-    if previous is None or previous.get("input_digest") != job.input_digest:
-        return True
-    if previous.get("status") == "ok":
-        return False
-    return bool(retry_failed or previous.get("transient"))
-
-
-def plan_render(
-    jobs: list[RenderJob], invalid: list[dict[str, Any]], previous: dict[str, dict[str, Any]], markers: dict[str, dict[str, Any]], retry_failed: bool = False
-) -> RenderPlan:
-    """Split validated ``jobs`` into work and kept results. ``previous``: earlier results by job_id;
-    ``markers``: done markers by job_id (ok results a killed run wrote before it could merge them)."""
-    todo, done = [], []
-    for job in jobs:
-        prev = previous.get(job.job_id)
-        marker = markers.get(job.job_id)
-        if marker is not None and marker.get("input_digest") == job.input_digest and (prev is None or prev.get("input_digest") != job.input_digest or prev.get("status") != "ok"):
-            prev = marker  # the marker is newer than the results file
-        if needs_run(job, prev, retry_failed):
-            todo.append(job)
-        else:
-            done.append(prev)
-    failed = []
-    for row in invalid:
-        prev = previous.get(row["job_id"])
-        # a row that failed validation the same way before keeps its old timestamp; otherwise record it
-        failed.append(prev if prev is not None and prev.get("status") == "error" and prev.get("error") == row["error"] else row)
-    return RenderPlan(todo=todo, done=done, failed=failed, previous=previous)
-
-
+# -- results (the app reads them; runs write them through facepose.batch) ----------------------------
 def results_uri(out: str, cfg: Any = None) -> str:
     """Where a run's results Parquet goes: ``<out>/<render.results>``."""
     name = getattr(getattr(cfg, "render", None), "results", None) or "results.parquet"
     return storage.join(out, name)
-
-
-def prepare_render(manifest: str, out: str, cfg: Any = None, retry_failed: bool = False) -> RenderPlan:
-    """Read and validate the manifest at ``manifest``, fingerprint the inputs, and plan the run against
-    earlier results and done markers under ``out``. Raises InputError for a manifest that cannot be read
-    at all (bad rows become ``failed`` results); StorageError (maybe transient) when storage fails."""
-    render_cfg = getattr(cfg, "render", None)
-    rows = read_rows(manifest)
-    if not rows:
-        raise InputError(f"{manifest}: the manifest has no rows; add one job per row ({', '.join(RENDER_COLUMNS)})")
-    jobs, invalid = parse_render_rows(
-        rows, out, base=manifest_dir(manifest), backend=getattr(render_cfg, "backend", "warp"), seed=getattr(render_cfg, "seed", 0)
-    )
-    jobs, missing = attach_digests(jobs)
-    previous = read_results(results_uri(out, cfg))
-    unsure = [j.job_id for j in jobs if not (previous.get(j.job_id, {}).get("status") == "ok" and previous[j.job_id].get("input_digest") == j.input_digest)]
-    markers = read_markers(out, unsure) if unsure else {}
-    plan = plan_render(jobs, invalid + missing, previous, markers, retry_failed)
-    log.info("%s: %d jobs, %d to render, %d done before, %d bad rows", manifest, plan.total, len(plan.todo), len(plan.done), len(plan.failed))
-    return plan
-
-
-def finished_result(row: dict[str, Any]) -> Optional[dict[str, Any]]:
-    """The ok result of a job (a RenderJob row) recorded by its done marker with the same inputs, if any."""
-    uri = row["marker"]
-    if not storage.exists(uri):
-        return None
-    try:
-        done = json.loads(storage.read_text(uri))
-    except json.JSONDecodeError:
-        return None
-    return done if done.get("status") == "ok" and done.get("input_digest") == row.get("input_digest") else None
 
 
 def read_markers(output_prefix: str, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -414,33 +409,22 @@ def read_markers(output_prefix: str, job_ids: Iterable[str]) -> dict[str, dict[s
     return found
 
 
-# -- results --------------------------------------------------------------------------------------
 def read_results(uri: str) -> dict[str, dict[str, Any]]:
-    """Earlier results by job_id; empty when there are none yet."""
-    if not storage.exists(uri):
-        return {}
-    try:
-        rows = pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{uri}: results file is not readable Parquet ({e}); move it away to start afresh") from None
-    return {r["job_id"]: r for r in rows}
+    """Render results by job_id: the results Parquet at ``uri`` merged with the result parts beside it
+    (``_results/``, see :mod:`facepose.batch.results`); empty when there are none yet."""
+    from facepose.batch.results import merge_into, part_uris
 
-
-def merge_results(previous: dict[str, dict[str, Any]], new: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row a job: ``new`` rows replace earlier ones with the same job_id; ``skipped`` rows never
-    replace an earlier result. Sorted by job_id."""
-    merged = dict(previous)
-    for row in new:
-        if row.get("status") == "skipped" and row["job_id"] in merged:
-            continue
-        merged[row["job_id"]] = row
-    return [merged[k] for k in sorted(merged)]
-
-
-def write_results(uri: str, rows: list[dict[str, Any]]) -> None:
-    """The results Parquet, replaced atomically (RESULT_SCHEMA)."""
-    clean = [{name: r.get(name) for name in RESULT_SCHEMA.names} for r in rows]
-    write_rows(uri, clean, schema=RESULT_SCHEMA)
+    merged: dict[str, dict[str, Any]] = {}
+    if storage.exists(uri):
+        try:
+            merge_into(merged, pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist(), "job_id")
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(f"{uri}: results file is not readable Parquet ({e}); move it away to start afresh") from None
+    out = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    for part in part_uris(out):
+        with contextlib.suppress(FaceposeError):  # compacted away between the listing and the read
+            merge_into(merged, pq.read_table(io.BytesIO(storage.read_bytes(part))).to_pylist(), "job_id")
+    return merged
 
 
 # -- running one job (the body of a render actor's call) -------------------------------------------
@@ -524,10 +508,14 @@ def parse_curate_rows(rows: Iterable[dict[str, Any]], *, base: str = "") -> tupl
     seen: dict[str, int] = {}
     for n, raw in enumerate(rows, 1):
         video_id = _text(raw.get("video_id"))
+        video_id = unicodedata.normalize("NFC", video_id) if video_id else None
         try:
             where = f"video {video_id!r} (manifest row {n})" if video_id else f"manifest row {n}"
-            if video_id is None or not _ID.match(video_id):
-                raise InputError(f"{where}: video_id must be non-empty letters, digits, '.', '_' or '-' (at most 128)")
+            if video_id is None:
+                raise InputError(f"{where}: video_id is empty; give every row a unique video_id")
+            problem = check_id(video_id)
+            if problem:
+                raise InputError(f"{where}: video_id {problem}")
             if video_id in seen:
                 raise InputError(f"{where}: duplicate video_id (first on row {seen[video_id]}); ids must be unique")
             seen[video_id] = n
@@ -548,7 +536,7 @@ def parse_curate_rows(rows: Iterable[dict[str, Any]], *, base: str = "") -> tupl
             audio = _text(raw.get("audio"))
             jobs.append(CurateJob(video_id=video_id, video=resolve(video, base), audio=resolve(audio, base) if audio else None, start=times.get("start"), end=times.get("end")))
         except InputError as e:
-            rid = video_id if video_id and _ID.match(video_id) and seen.get(video_id) == n else f"#{n}"
+            rid = video_id if video_id and seen.get(video_id) == n else f"#{n}"
             errors.append(curate_result(rid, "error", error=str(e), error_kind=e.kind))
     return jobs, errors
 

@@ -1,10 +1,9 @@
-"""What the Prefect tasks of both flows share: the retry policy (transient storage errors only) and a
-run's progress (the caller's callback, a Prefect progress artifact)."""
+"""What the Prefect tasks share: the retry policy (transient storage errors only), declared once as
+:data:`STORAGE_RETRIES`, and a run's progress (the caller's callback, a Prefect progress artifact)."""
 
 from __future__ import annotations
 
 import threading
-import uuid
 from typing import Any, Callable, Optional
 
 from prefect.cache_policies import NONE
@@ -35,10 +34,7 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
             exc = e
     return isinstance(exc, FaceposeError) and bool(exc.transient)
 
-
-
-
-#: ``@task(**STORAGE_RETRIES)``: the retry policy of storage-touching tasks (tasks/train.py uses it)
+#: ``@task(**STORAGE_RETRIES)``: the retry policy of every storage-touching task
 STORAGE_RETRIES = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient, cache_policy=NONE)
 
 
@@ -73,74 +69,3 @@ class RunProgress:
 
         if self.artifact_id is not None:
             update_progress_artifact(self.artifact_id, 100.0 * self.done / max(self.total, 1))
-
-
-# Objects that cannot be task parameters (actor pools, progress) are handed over by key.
-_HELD: dict[str, Any] = {}
-
-
-def hold(obj: Any) -> str:
-    key = uuid.uuid4().hex
-    _HELD[key] = obj
-    return key
-
-
-def held(key: str) -> Any:
-    try:
-        return _HELD[key]
-    except KeyError:
-        raise RuntimeError(f"nothing held under {key!r} in this process; shard tasks run in the flow's process") from None
-
-
-def release(key: str) -> None:
-    _HELD.pop(key, None)
-
-
-def run_on_pool(
-    rows: list[dict],
-    *,
-    cfg: Any,
-    section: Any,
-    actor: type,
-    submit_shard: Callable[[int, list[dict], str, str], Any],
-    progress: RunProgress,
-    on_crash: Callable[[dict, BaseException], dict],
-    on_rows: Callable[[list[dict]], None],
-    logger: Any,
-) -> list[dict]:
-    """The transform stage both flows share: ``rows`` cut into shards of ``section.shard_size``, one
-    Prefect task each (``submit_shard(index, shard, pool_key, progress_key)`` returns its future), all fed
-    to one pool of ``section.workers`` Ray actors of ``actor`` (``section.num_cpus``/``num_gpus`` each).
-    ``on_rows`` gets each shard's result rows as the shard lands (the flow merges them into its results
-    file); a shard whose retries ran out yields ``on_crash`` rows. Returns every result row."""
-    from prefect.futures import as_completed
-
-    from tasks.pool import ActorPool, actor_env, ray_session
-
-    size = max(1, int(section.shard_size))
-    shards = [rows[i : i + size] for i in range(0, len(rows), size)]
-    ran: list[dict] = []
-    with ray_session(cfg.batch):
-        pool = ActorPool(
-            actor, (cfg,), max(1, min(int(section.workers), len(rows))), num_cpus=section.num_cpus, num_gpus=section.num_gpus,
-            env=actor_env(cfg.batch), max_restarts=cfg.batch.actor_restarts, on_crash=on_crash, poll_s=cfg.batch.poll_s,
-        )
-        pool_key, progress_key = hold(pool), hold(progress)
-        try:
-            futures = {submit_shard(i, shard, pool_key, progress_key): shard for i, shard in enumerate(shards)}
-            for fut in as_completed(list(futures)):
-                try:
-                    done = fut.result()
-                except Exception as exc:  # noqa: BLE001 - retries exhausted: the shard's rows fail, the run goes on
-                    logger.error("a shard failed after its retries: %s", exc)
-                    done = [on_crash(row, exc) for row in futures[fut]]
-                    for r in done:
-                        progress.add(r)
-                ran.extend(done)
-                on_rows(done)
-                progress.publish()
-        finally:
-            release(pool_key)
-            release(progress_key)
-            pool.shutdown()
-    return ran

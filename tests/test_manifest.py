@@ -68,7 +68,7 @@ def test_relative_paths_in_an_s3_manifest_resolve_in_its_bucket():
 
 BAD = [
     ({"reference": "r.png", "driver": "preset:nod"}, "#1", "job_id is empty"),
-    ({"job_id": "a/b", "reference": "r.png", "driver": "preset:nod"}, "#1", "job_id may only hold"),
+    ({"job_id": "a/b", "reference": "r.png", "driver": "preset:nod"}, "#1", "job_id holds '/'"),
     ({"job_id": "j", "driver": "preset:nod"}, "j", "reference is empty"),
     ({"job_id": "j", "reference": "r.png"}, "j", "driver is empty"),
     ({"job_id": "j", "reference": "r.png", "driver": "preset:nod", "seconds": "long"}, "j", "seconds 'long' is not a number"),
@@ -148,69 +148,166 @@ def _ok(job, **kw):
     return mf.result_row(job.job_id, "ok", output=job.output, frames=24, seconds=1.0, input_digest=job.input_digest, **kw)
 
 
-def test_plan_skips_ok_jobs_and_reruns_changed_ones(tmp_path):
-    job = _job(tmp_path)
-    plan = mf.plan_render([job], [], {"j": _ok(job)}, {})
-    assert plan.todo == [] and plan.done[0]["status"] == "ok"
-    changed = _job(tmp_path, seconds=3)
-    plan = mf.plan_render([changed], [], {"j": _ok(job)}, {})
-    assert [j.job_id for j in plan.todo] == ["j"]
+def _kind(name="render", *overrides):
+    from facepose.batch import get_kind
+    from facepose.config import load_config
+
+    return get_kind(name, load_config(list(overrides), []))
 
 
-def test_failed_jobs_rerun_only_with_retry_failed_unless_transient(tmp_path):
-    job = _job(tmp_path)
-    failed = mf.error_result("j", InputError("bad"), input_digest=job.input_digest)
-    assert mf.plan_render([job], [], {"j": failed}, {}).todo == []
-    assert [j.job_id for j in mf.plan_render([job], [], {"j": failed}, {}, retry_failed=True).todo] == ["j"]
-    blip = mf.error_result("j", StorageError("endpoint down", transient=True), input_digest=job.input_digest)
-    assert [j.job_id for j in mf.plan_render([job], [], {"j": blip}, {}).todo] == ["j"]
+def _render_manifest(tmp_path, rows=None) -> str:
+    (tmp_path / "ref.png").write_bytes(b"image bytes")
+    uri = str(tmp_path / "m.csv")
+    mf.write_rows(uri, rows or [{"job_id": "j", "reference": "ref.png", "driver": "preset:nod", "seconds": 1}])
+    return uri
 
 
-def test_a_done_marker_counts_as_finished_when_the_results_file_missed_it(tmp_path):
-    job = _job(tmp_path)
-    plan = mf.plan_render([job], [], {}, {"j": _ok(job)})
-    assert plan.todo == [] and plan.done[0]["input_digest"] == job.input_digest
-    stale = dict(_ok(job), input_digest="old")
-    assert [j.job_id for j in mf.plan_render([job], [], {}, {"j": stale}).todo] == ["j"]
+def _curate_manifest(tmp_path) -> str:
+    (tmp_path / "v.mp4").write_bytes(b"video bytes")
+    uri = str(tmp_path / "c.csv")
+    mf.write_rows(uri, [{"video_id": "j", "video": "v.mp4"}])
+    return uri
 
 
-def test_merged_results_list_each_job_once(tmp_path):
-    uri = str(tmp_path / "results.parquet")
-    first = [mf.result_row("a", "error", error="boom"), mf.result_row("b", "ok", frames=3)]
-    mf.write_results(uri, mf.merge_results({}, first))
-    again = [mf.result_row("a", "ok", frames=5), mf.result_row("b", "skipped"), mf.result_row("c", "ok")]
-    mf.write_results(uri, mf.merge_results(mf.read_results(uri), again))
-    table = pq.read_table(uri)
-    assert table.schema.equals(mf.RESULT_SCHEMA)
-    rows = {r["job_id"]: r for r in table.to_pylist()}
-    assert table.column("job_id").to_pylist() == ["a", "b", "c"]
-    assert rows["a"]["status"] == "ok" and rows["a"]["frames"] == 5
-    assert rows["b"]["status"] == "ok" and rows["b"]["frames"] == 3  # "skipped" never replaces a result
+@pytest.mark.parametrize("kind_name", ["render", "curate"])
+def test_one_rerun_rule_for_every_kind(tmp_path, kind_name):
+    """ok + same inputs: skipped; failed: rerun only with retry_failed unless transient; changed inputs rerun."""
+    from facepose.batch.plan import plan_run
+    from facepose.batch.results import write_part
+
+    kind = _kind(kind_name)
+    manifest = _render_manifest(tmp_path) if kind_name == "render" else _curate_manifest(tmp_path)
+    out = str(tmp_path / "out")
+    first = plan_run(kind, manifest, out)
+    assert [j[kind.id_column] for j in first.todo] == ["j"]
+    digest = first.todo[0]["input_digest"]
+
+    def plan_after(row, **kw):
+        write_part(kind, out, "20260101T000000-aaaaaaaa", "0", [row])
+        return plan_run(kind, manifest, out, **kw)
+
+    assert plan_after(kind.result("j", "ok", input_digest=digest)).todo == []
+    failed = kind.error_row("j", InputError("bad input"), input_digest=digest)
+    time.sleep(1.1)  # finished_at has a resolution of one second: the newer row must win
+    assert plan_after(failed).todo == [] and plan_after(failed, retry_failed=True).todo
+    time.sleep(1.1)
+    assert plan_after(kind.error_row("j", StorageError("endpoint down", transient=True), input_digest=digest)).todo
+    time.sleep(1.1)
+    assert plan_after(kind.result("j", "ok", input_digest="older inputs")).todo
 
 
-def test_prepare_render_reads_an_s3_manifest_and_markers(s3, astronaut_png):
-    storage.upload(astronaut_png, f"{s3}/in/ref.png")
-    rows = [
-        {"job_id": "one", "reference": "ref.png", "driver": "preset:nod", "seconds": 1},
-        {"job_id": "two", "reference": "ref.png", "driver": "preset:smile", "seconds": 1},
-        {"job_id": "three", "reference": "nope.png", "driver": "preset:nod"},
-    ]
-    mf.write_rows(f"{s3}/in/m.jsonl", rows)
-    out = f"{s3}/out"
-    plan = mf.prepare_render(f"{s3}/in/m.jsonl", out)
-    assert [j.job_id for j in plan.todo] == ["one", "two"] and plan.todo[0].reference == f"{s3}/in/ref.png"
-    assert plan.failed[0]["job_id"] == "three" and "nope.png does not exist" in plan.failed[0]["error"]
-    # a killed run finished "one" (marker written) but never merged it into the results
-    one = plan.todo[0]
-    storage.write_text(one.marker, json.dumps(_ok(one)))
-    plan = mf.prepare_render(f"{s3}/in/m.jsonl", out)
-    assert [j.job_id for j in plan.todo] == ["two"] and [r["job_id"] for r in plan.done] == ["one"]
+def test_a_done_marker_counts_as_finished_when_the_results_missed_it(tmp_path):
+    from facepose.batch.plan import plan_run
+
+    kind, manifest, out = _kind(), _render_manifest(tmp_path), str(tmp_path / "out")
+    job = plan_run(kind, manifest, out).todo[0]
+    storage.write_text(job["marker"], json.dumps(kind.result("j", "ok", input_digest=job["input_digest"])))
+    plan = plan_run(kind, manifest, out)
+    assert plan.todo == [] and [r["job_id"] for r in plan.kept] == ["j"] and plan.record[0]["status"] == "ok"
+    storage.write_text(job["marker"], json.dumps(kind.result("j", "ok", input_digest="stale")))
+    assert [j["job_id"] for j in plan_run(kind, manifest, out).todo] == ["j"]
+
+
+def test_result_parts_merge_on_read_and_compact_once(tmp_path):
+    from facepose.batch.results import compact, part_uris, read_results, write_part
+
+    kind, out = _kind(), str(tmp_path / "out")
+    write_part(kind, out, "20260101T000000-aaaaaaaa", "0", [mf.result_row("a", "error", error="boom"), mf.result_row("b", "ok", frames=3)])
+    time.sleep(1.1)
+    write_part(kind, out, "20260101T000001-bbbbbbbb", "0", [mf.result_row("a", "ok", frames=5), mf.result_row("b", "skipped"), mf.result_row("c", "ok")])
+    rows = read_results(kind, out)
+    assert sorted(rows) == ["a", "b", "c"] and rows["a"]["frames"] == 5 and rows["b"]["frames"] == 3  # skipped never replaces
+    assert compact(kind, out, grace_s=1e12) == 3 and len(part_uris(out)) == 2  # young parts stay for concurrent readers
+    table = pq.read_table(str(tmp_path / "out" / "results.parquet"))
+    assert table.schema.equals(mf.RESULT_SCHEMA) and table.column("job_id").to_pylist() == ["a", "b", "c"]
+    assert compact(kind, out, grace_s=0) == 3 and part_uris(out) == []  # old parts are folded in and deleted
+    assert read_results(kind, out)["a"]["frames"] == 5 and mf.read_results(str(tmp_path / "out" / "results.parquet"))["c"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_claim_is_held_by_one_run_until_released_or_lapsed(tmp_path, s3, where):
+    from facepose.batch.results import Claims
+
+    out = str(tmp_path / "out") if where == "local" else f"{s3}/claims"
+    a, b = Claims(out, "run-a", lease_s=1.0), Claims(out, "run-b", lease_s=1.0)
+    try:
+        assert a.take("j") and not b.take("j")
+        time.sleep(1.2)  # a renews every lease_s/3: its claim does not lapse while it holds it
+        assert not b.take("j")
+        a.release("j")
+        assert b.take("j") and not a.take("j")
+        b._stop.set()  # b is "killed": no more renewals
+        time.sleep(1.3)
+        assert a.take("j")  # the lapsed claim is taken over
+    finally:
+        a.close()
+        b.close()
 
 
 def test_empty_manifest_is_an_input_error(tmp_path):
+    from facepose.batch.plan import plan_run
+
     (tmp_path / "m.csv").write_text("job_id,reference,driver\n")
     with pytest.raises(InputError, match="no rows"):
-        mf.prepare_render(str(tmp_path / "m.csv"), str(tmp_path / "out"))
+        plan_run(_kind(), str(tmp_path / "m.csv"), str(tmp_path / "out"))
+
+
+# -- manifests as users save them -------------------------------------------------------------------------
+def test_an_excel_windows_1252_csv_is_read_with_its_accents(tmp_path, caplog):
+    uri = tmp_path / "m.csv"
+    uri.write_bytes("job_id,reference,driver\ncafé,réf.png,preset:nod\n".encode("cp1252"))
+    rows = mf.read_rows(str(uri), ("job_id", "reference", "driver"))
+    assert rows == [{"job_id": "café", "reference": "réf.png", "driver": "preset:nod"}]
+    assert "Windows-1252" in caplog.text
+
+
+def test_bytes_that_are_neither_utf8_nor_windows_1252_fail_in_one_line(tmp_path):
+    uri = tmp_path / "m.csv"
+    uri.write_bytes(b"job_id,reference,driver\nx,\x81\x8d,preset:nod\n")
+    with pytest.raises(InputError) as e:
+        mf.read_rows(str(uri), ("job_id",))
+    assert str(uri) in str(e.value) and "CSV UTF-8" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_semicolon_and_tab_separated_manifests_are_detected(tmp_path):
+    for sep in (";", "\t"):
+        uri = tmp_path / "m.csv"
+        uri.write_text(sep.join(["job_id", "reference", "driver", "seconds"]) + "\n" + sep.join(["a", "r.png", "preset:nod", "1,5"]) + "\n")
+        assert mf.read_rows(str(uri), ("job_id", "reference", "driver")) == [{"job_id": "a", "reference": "r.png", "driver": "preset:nod", "seconds": "1,5"}]
+
+
+def test_missing_columns_say_what_the_header_holds(tmp_path):
+    uri = tmp_path / "m.csv"
+    uri.write_text("id|photo|driver\n1|r.png|preset:nod\n")
+    with pytest.raises(InputError) as e:
+        mf.read_rows(str(uri), ("job_id", "reference", "driver"))
+    assert "missing the column(s) job_id, reference" in str(e.value) and "'id|photo|driver'" in str(e.value)
+    mf.write_rows(str(tmp_path / "m.parquet"), [{"id": "1"}])
+    with pytest.raises(InputError, match="missing the column"):
+        mf.read_rows(str(tmp_path / "m.parquet"), ("job_id",))
+
+
+@pytest.mark.parametrize("job_id", ["课程-第一课", "درس ١", "Ünïcödé lesson", "a.b_c-1"])
+def test_ids_in_any_script_that_make_safe_file_names_are_accepted(job_id):
+    jobs, errors = mf.parse_render_rows([{"job_id": job_id, "reference": "r.png", "driver": "preset:nod"}], "s3://out/run")
+    assert errors == [] and jobs[0].output == f"s3://out/run/{job_id}.mp4" and jobs[0].marker.endswith(f"/_done/{job_id}.json")
+
+
+@pytest.mark.parametrize("job_id,message", [("a/b", "'/'"), ("..\\x", "starts with '.'"), (".hidden", "starts with '.'"), ("tab\there", "'\\t'"),
+                                            ("x" * 129, "longer than 128"), ("字" * 70, "200 UTF-8 bytes"), ("a:b", "':'")])
+def test_ids_that_are_not_safe_file_names_fail_alone(job_id, message):
+    jobs, errors = mf.parse_render_rows([{"job_id": job_id, "reference": "r.png", "driver": "preset:nod"},
+                                         {"job_id": "ok", "reference": "r.png", "driver": "preset:nod"}], "s3://out/run")
+    assert [j.job_id for j in jobs] == ["ok"] and message in errors[0]["error"] and errors[0]["job_id"] == "#1"
+
+
+def test_a_job_asking_for_more_than_max_seconds_fails_alone():
+    rows = [{"job_id": "long", "reference": "r.png", "driver": "preset:nod", "seconds": 601},
+            {"job_id": "ok", "reference": "r.png", "driver": "preset:nod", "seconds": 600}]
+    jobs, errors = mf.parse_render_rows(rows, "out", max_seconds=600)
+    assert [j.job_id for j in jobs] == ["ok"] and errors[0]["job_id"] == "long"
+    assert "more than batch.max_seconds=600" in errors[0]["error"]
+    assert _kind("render", "batch.max_seconds=1000").parse(rows, "out", "")[1] == []
 
 
 def test_curation_rows_are_validated_one_by_one(tmp_path):
@@ -237,9 +334,11 @@ def test_bundled_example_manifest_is_valid_and_uses_every_kind_of_pose_source():
     from facepose.pose.source import source_kind
 
     examples = Path(__file__).resolve().parents[1] / "examples"
-    plan = mf.prepare_render(str(examples / "manifest.csv"), "out-not-written")
+    from facepose.batch.plan import plan_run
+
+    plan = plan_run(_kind(), str(examples / "manifest.csv"), "out-not-written")
     assert plan.failed == [] and len(plan.todo) >= 6
-    assert {source_kind(j.driver, j.driver_type) for j in plan.todo} == {"preset", "video", "audio", "pose"}
+    assert {source_kind(j["driver"], j["driver_type"]) for j in plan.todo} == {"preset", "video", "audio", "pose"}
     jobs, errors = mf.parse_curate_rows(mf.read_rows(str(examples / "curate.csv")), base=str(examples))
     assert errors == [] and all(Path(j.video).is_file() for j in jobs)
     assert sum(p.stat().st_size for p in examples.iterdir()) < 3 * 1024 * 1024

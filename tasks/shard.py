@@ -1,0 +1,181 @@
+"""One Prefect shard task, one Ray actor class and one flow body for every job kind
+(:mod:`facepose.batch`): the flows in ``flows/`` are a few lines each around :func:`batch_flow_body`.
+
+The flow owns the actor pool and hands it to its shard tasks as a parameter wrapped in
+``prefect.utilities.annotations.quote``: shard tasks run in threads of the flow's process
+(ThreadPoolTaskRunner) and, with result persistence and caching off (``cache_policy=NONE``), Prefect
+neither serialises nor stores task parameters; ``quote`` only tells it not to walk into the object
+looking for upstream futures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import tasks.pool  # noqa: F401 - sets Ray's environment defaults before anything imports ray
+
+from prefect import get_run_logger, task
+from prefect.futures import as_completed
+from prefect.runtime import flow_run, task_run
+from prefect.utilities.annotations import quote
+
+from facepose import storage
+from facepose.batch import JobKind, get_kind
+from facepose.batch.plan import Plan, plan_run
+from facepose.batch.results import Claims, iter_shards, write_part
+from facepose.batch.summary import finish, record_plan
+from facepose.config import load_config
+from tasks.common import RETRIES, STORAGE_RETRIES, RunProgress, TransientRowsError
+from tasks.run import handed
+
+TABLE_ROWS = 500  # rows of the summary table artifact (errors first)
+
+
+class KindActor:
+    """The Ray actor of every kind: ``kind.load()`` once, then ``kind.run(row)`` per row.
+
+    kind: a :data:`facepose.batch.KINDS` name; cfg: a :class:`facepose.config.Config`; out: the run's
+    output prefix; env: environment for this process (:func:`tasks.pool.actor_env`)."""
+
+    def __init__(self, kind: str, cfg: Any, out: str, env: Optional[dict[str, str]] = None):
+        from tasks.actors import _setup
+
+        _setup(cfg, env)
+        self.kind, self.out = get_kind(kind, cfg), out
+        self.models = self.kind.load()
+
+    def ready(self) -> bool:
+        return True
+
+    def __call__(self, rows: list[dict]) -> list[dict]:
+        return [self.kind.run(row, self.models, self.out) for row in rows]
+
+
+@dataclass
+class RunContext:
+    """What the flow hands every shard task (in-process; see the module docstring)."""
+
+    kind: JobKind
+    out: str
+    run_id: str
+    pool: Any  # tasks.pool.ActorPool
+    claims: Claims
+    progress: RunProgress
+    finished: dict[int, dict[str, dict]] = field(default_factory=dict)  # shard -> rows an earlier attempt finished
+
+
+@task(name="shard", **STORAGE_RETRIES)
+def run_shard(index: int, jobs: list[dict], ctx: RunContext) -> int:
+    """Run a shard's jobs on the pool, each under a claim, and write their result rows as one part.
+    Returns how many jobs another run finished first. A transient storage error fails the attempt so
+    Prefect retries it (jobs an earlier attempt finished are kept); the last attempt records it."""
+    logger = get_run_logger()
+    kind, key = ctx.kind, ctx.kind.id_column
+    finished = ctx.finished.setdefault(index, {})
+    last = task_run.run_count > RETRIES
+    pending, elsewhere = [job for job in jobs if job[key] not in finished], 0
+
+    def report(row: dict) -> None:
+        logger.log(20 if row["status"] == "ok" else 30, "%s", kind.describe(row))
+        if row["status"] == "ok" or not row["transient"] or last:
+            finished[row[key]] = row
+            ctx.progress.add(row)
+
+    while pending:
+        mine, others = [], []
+        for job in pending:
+            taken = ctx.claims.take(job[key])
+            if kind.done_result(ctx.out, job) is not None:  # another run finished it since planning
+                if taken:
+                    ctx.claims.release(job[key])
+                elsewhere += 1
+                ctx.progress.add({key: job[key], "status": "skipped"})
+            else:
+                (mine if taken else others).append(job)
+        try:
+            ctx.pool.map(mine, priority=index, on_result=report)
+        finally:
+            for job in mine:
+                ctx.claims.release(job[key])
+        pending = [job for job in others if job[key] not in finished]
+        if pending:  # another run holds them: wait for its markers, or for its claims to lapse
+            time.sleep(min(1.0, ctx.claims.lease_s / 10))
+    transient = [job[key] for job in jobs if job[key] not in finished]  # only transient errors leave a job unfinished
+    if transient and not last:
+        raise TransientRowsError(f"{len(transient)} {kind.noun}(s) of shard {index} hit a transient storage error ({', '.join(transient[:5])})")
+    write_part(kind, ctx.out, ctx.run_id, f"{index:06d}", [finished[job[key]] for job in jobs if job[key] in finished])
+    ctx.finished.pop(index, None)
+    return elsewhere
+
+
+@task(name="plan", **STORAGE_RETRIES)
+def plan_task(kind: JobKind, manifest: str, out: str, retry_failed: bool) -> Plan:
+    """Read and validate the manifest and plan the run against earlier results and markers."""
+    return plan_run(kind, manifest, out, retry_failed=retry_failed)
+
+
+def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional[list[str]], retry_failed: bool,
+                    config_files: Optional[list[str]]) -> dict[str, Any]:
+    """The body of every batch flow: extract (config, plan), transform (shards -> Prefect tasks -> one
+    pool of Ray actors), load (summary from this run's result parts, compaction, artifacts)."""
+    from prefect.artifacts import create_table_artifact
+
+    from tasks.pool import ActorPool, actor_env, ray_session
+
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+
+    # Extract: config and plan (handed over by run_batch when it planned already)
+    cfg = load_config(overrides or [], config_files or [])
+    storage.configure(cfg.storage)
+    storage.ensure_bucket(out)
+    kind = get_kind(kind_name, cfg)
+    plan, callback = handed.get() or (None, None)
+    if plan is None or (plan.manifest, plan.out) != (manifest, out):
+        plan = plan_task(kind, manifest, out, retry_failed)
+    logger.info("%s", plan.describe())
+    record_plan(kind, plan)
+    progress = RunProgress(plan.total, kind.id_column, callback, artifact_key=f"{kind.name}-progress", description=f"{kind.name} {manifest} -> {out}")
+    for row in plan.kept + plan.failed:
+        progress.add(row)
+
+    # Transform: shards of jobs -> Prefect tasks -> Ray actors, each job under a claim
+    t_work, elsewhere = time.perf_counter(), 0
+    if plan.todo:
+        section = getattr(cfg, kind.section)
+        with ray_session(cfg.batch):
+            pool = ActorPool(KindActor, (kind.name, cfg, out), max(1, min(int(section.workers), len(plan.todo))), num_cpus=section.num_cpus,
+                             num_gpus=section.num_gpus, env=actor_env(cfg.batch), max_restarts=cfg.batch.actor_restarts, on_crash=kind.crashed,
+                             poll_s=cfg.batch.poll_s)
+            claims = Claims(out, plan.run_id, cfg.batch.lease_s)
+            ctx = RunContext(kind, out, plan.run_id, pool, claims, progress)
+            shard = run_shard.with_options(task_run_name=f"{kind.name}-shard-{{index}}")
+            try:
+                futures = {shard.submit(i, jobs, quote(ctx)): (i, jobs) for i, jobs in enumerate(iter_shards(plan.todo, section.shard_size))}
+                for fut in as_completed(list(futures)):
+                    try:
+                        elsewhere += fut.result()
+                    except Exception as exc:  # noqa: BLE001 - retries exhausted: the shard's rows fail, the run goes on
+                        i, jobs = futures[fut]
+                        logger.error("shard %d failed after its retries: %s", i, exc)
+                        rows = [kind.crashed(job, exc) for job in jobs if job[kind.id_column] not in ctx.finished.get(i, {})]
+                        write_part(kind, out, plan.run_id, f"{i:06d}-failed", list(ctx.finished.pop(i, {}).values()) + rows)
+                        for row in rows:
+                            progress.add(row)
+                    progress.publish()
+            finally:
+                claims.close()
+                pool.shutdown()
+    work_s = time.perf_counter() - t_work
+
+    # Load: summary (this run's parts), compaction, artifacts
+    progress.publish()
+    summary = finish(kind, plan, grace_s=cfg.batch.compact_grace_s, t0=t0, work_s=work_s, elsewhere=elsewhere, flow_run_id=str(flow_run.id))
+    rows = summary.pop("rows") + [dict(r, status="skipped") for r in plan.kept[:TABLE_ROWS]]
+    rows.sort(key=lambda r: (r["status"] != "error", r[kind.id_column]))
+    create_table_artifact(table=[{k: r.get(k) for k in kind.result_schema.names if k not in ("transient", "input_digest")} for r in rows[:TABLE_ROWS]],
+                          key=f"{kind.name}-summary", description=f"{kind.name}: {plan.total} rows of {manifest} (first {TABLE_ROWS}, errors first)")
+    logger.info("%d %ss: %d ok, %d failed, %d skipped; results at %s", plan.total, kind.noun, summary["ok"], summary["error"], summary["skipped"], summary["results"])
+    return summary
