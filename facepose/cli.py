@@ -295,6 +295,17 @@ def render_batch(
     _run_batch("render", manifest, out, retry_failed, dry_run, "rendering jobs")
 
 
+@app.command("lesson-batch", epilog=BATCH_EXIT_HELP)
+def lesson_batch(
+    manifest: str = typer.Argument(..., help="Lesson manifest: job_id, reference, driver (text:... or a .txt/.md script), [voice, language, rate, ...]."),
+    out: str = typer.Option(..., "--out", "-o", help="Output prefix for the videos, their .vtt/.srt and results.parquet."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun the lessons that failed before."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan the manifest; render nothing."),
+) -> None:
+    """Speak and render every lesson of MANIFEST with subtitles (identical scripts synthesised once; reruns resume)."""
+    _run_batch("lesson", manifest, out, retry_failed, dry_run, "rendering lessons")
+
+
 @app.command("curate", epilog=BATCH_EXIT_HELP)
 def curate(
     manifest: str = typer.Argument(..., help="Curation manifest (video_id, video, [audio, start, end])."),

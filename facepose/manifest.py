@@ -2,8 +2,9 @@
 
 A **render manifest** has one job a row: ``job_id``, ``reference``, ``driver`` (``preset:<name>``,
 ``text:<script>`` or a URI of a video, an audio file, a pose Parquet or a .txt/.md script), optional
-``driver_type``, ``seconds``, ``backend``, ``seed``, ``voice``, ``language``, ``rate`` and ``output`` (default ``<output_prefix>/<job_id>.mp4``). A **curation manifest** has one video a row:
-``video_id``, ``video``, optional ``audio``, ``start`` and ``end`` (seconds). Both are read from CSV,
+``driver_type``, ``seconds``, ``backend``, ``seed``, ``voice``, ``language``, ``rate`` and ``output``
+(default ``<output_prefix>/<job_id>.mp4``). A **curation manifest** has one video a row: ``video_id``,
+``video``, optional ``audio``, ``start`` and ``end`` (seconds). Both are read from CSV,
 JSONL or Parquet at any storage URI; relative paths in a row are relative to the manifest's folder.
 
 Rows are validated one by one: a bad row becomes an ``error`` result naming the row and the fix, and
