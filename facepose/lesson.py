@@ -45,10 +45,11 @@ def read_script(source: str) -> tuple[str, bool]:
     return text.lstrip("\ufeff"), ext in (".md", ".markdown")
 
 
-def speech_for(source: str, tts: TTSConfig) -> tuple[Speech, Path, bool]:
-    """The (cached) speech of a text driver: (Speech, its WAV, came from the cache)."""
+def speech_for(source: str, tts: TTSConfig, with_audio: bool = False) -> tuple[Speech, Path, bool]:
+    """The (cached) speech of a text driver: (Speech, its WAV, came from the cache). The samples are
+    left in the WAV unless ``with_audio``."""
     text, markdown = read_script(source)
-    return cached_speech(text, tts, markdown=markdown)
+    return cached_speech(text, tts, markdown=markdown, with_audio=with_audio)
 
 
 def text_pose(source: str, reference_landmarks: np.ndarray, canvas: tuple[int, int], tts: TTSConfig,

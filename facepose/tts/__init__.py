@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -27,8 +27,8 @@ from facepose.config import TTSConfig
 from facepose.errors import InputError
 from facepose.tts.base import Cue, Speech, Voice, paragraphs, voiced_span
 
-__all__ = ["BACKENDS", "Cue", "Speech", "Voice", "cached_speech", "get_backend", "list_voices", "synthesize",
-           "speech_digest"]
+__all__ = ["BACKENDS", "Cue", "Speech", "Voice", "cached_speech", "get_backend", "iter_speech", "list_voices",
+           "synthesize", "speech_digest"]
 
 
 def _espeak(cfg: TTSConfig):
@@ -73,6 +73,42 @@ def _request(cfg: TTSConfig, voice: Optional[str], language: Optional[str], rate
     return name, lang, rate
 
 
+def iter_speech(text: str, cfg: TTSConfig, *, voice: Optional[str] = None, language: Optional[str] = None,
+                rate: Optional[float] = None, markdown: bool = False) -> Iterator[tuple[np.ndarray, Optional[Cue], int]]:
+    """The speech of ``text`` in pieces, so a long script never has to sit in memory whole:
+    yields (float32 samples, the Cue that starts with them or None for a pause, sample rate). Cue times
+    count from the first sample of the first piece."""
+    name, lang, rate = _request(cfg, voice, language, rate)
+    paras = paragraphs(text, markdown=markdown)
+    if not paras:
+        raise InputError("the script has no words to speak; give text with at least one sentence")
+    backend = get_backend(cfg)
+    sr, pos, last = None, 0, None  # sample rate, samples so far, the previous cue
+    for p, sentences in enumerate(paras):
+        for sentence in sentences:
+            audio, rate_hz = backend.sentence(sentence, name, rate)
+            if sr is None:
+                sr = rate_hz
+                lead = np.zeros(int(cfg.edge_pause_s * sr), np.float32)
+                pos += len(lead)
+                yield lead, None, sr
+            elif rate_hz != sr:
+                raise RuntimeError(f"{backend.name} changed sample rate mid-script ({sr} -> {rate_hz})")
+            a, b = voiced_span(audio, sr)
+            if b <= a:  # nothing audible (punctuation only)
+                continue
+            if last is not None:
+                gap = np.zeros(int((cfg.paragraph_pause_s if last.paragraph != p else cfg.sentence_pause_s) * sr), np.float32)
+                pos += len(gap)
+                yield gap, None, sr
+            last = Cue(start=pos / sr, end=(pos + b - a) / sr, text=sentence, paragraph=p)
+            pos += b - a
+            yield np.clip(audio[a:b], -1.0, 1.0).astype(np.float32), last, sr
+    if last is None:
+        raise InputError("the script made no sound; give text with words in the voice's language")
+    yield np.zeros(int(cfg.edge_pause_s * sr), np.float32), None, sr
+
+
 def synthesize(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional[str] = None,
                language: Optional[str] = None, rate: Optional[float] = None, markdown: bool = False) -> Speech:
     """Speak ``text`` (paragraphs split at blank lines; ``markdown`` strips Markdown first).
@@ -80,39 +116,14 @@ def synthesize(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional[st
     voice / language / rate override the config's. -> Speech: (N,) float32 audio at the backend's sample
     rate, one Cue per sentence whose start is where that sentence's sound begins (seconds)."""
     cfg = cfg or TTSConfig()
-    name, lang, rate = _request(cfg, voice, language, rate)
-    paras = paragraphs(text, markdown=markdown)
-    if not paras:
-        raise InputError("the script has no words to speak; give text with at least one sentence")
-    backend = get_backend(cfg)
-    parts: list[np.ndarray] = []
-    cues: list[Cue] = []
-    sr = None
-    pos = 0  # samples so far
-    for p, sentences in enumerate(paras):
-        for i, sentence in enumerate(sentences):
-            audio, rate_hz = backend.sentence(sentence, name, rate)
-            if sr is None:
-                sr = rate_hz
-                parts.append(np.zeros(int(cfg.edge_pause_s * sr), np.float32))
-                pos = len(parts[0])
-            elif rate_hz != sr:
-                raise RuntimeError(f"{backend.name} changed sample rate mid-script ({sr} -> {rate_hz})")
-            a, b = voiced_span(audio, sr)
-            if b <= a:  # nothing audible (punctuation only)
-                continue
-            if cues:
-                gap = cfg.paragraph_pause_s if cues[-1].paragraph != p else cfg.sentence_pause_s
-                parts.append(np.zeros(int(gap * sr), np.float32))
-                pos += len(parts[-1])
-            parts.append(np.clip(audio[a:b], -1.0, 1.0).astype(np.float32))
-            cues.append(Cue(start=pos / sr, end=(pos + b - a) / sr, text=sentence, paragraph=p))
-            pos += b - a
-    if not cues:
-        raise InputError("the script made no sound; give text with words in the voice's language")
-    parts.append(np.zeros(int(cfg.edge_pause_s * sr), np.float32))
+    name, lang, _ = _request(cfg, voice, language, rate)
+    parts, cues, sr = [], [], 0
+    for audio, cue, sr in iter_speech(text, cfg, voice=voice, language=language, rate=rate, markdown=markdown):
+        parts.append(audio)
+        if cue is not None:
+            cues.append(cue)
     return Speech(audio=np.concatenate(parts), sample_rate=int(sr), cues=cues, voice=name, language=lang,
-                  backend=backend.name)
+                  backend=cfg.backend)
 
 
 def speech_digest(text: str, cfg: TTSConfig, voice: Optional[str] = None, language: Optional[str] = None,
@@ -140,13 +151,15 @@ _LOCK_STALE_S = 300.0
 
 
 def cached_speech(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional[str] = None,
-                  language: Optional[str] = None, rate: Optional[float] = None,
-                  markdown: bool = False) -> tuple[Speech, Path, bool]:
+                  language: Optional[str] = None, rate: Optional[float] = None, markdown: bool = False,
+                  with_audio: bool = True) -> tuple[Speech, Path, bool]:
     """:func:`synthesize` through the digest-keyed cache in ``cfg.cache_dir``.
 
-    -> (speech, path of its WAV, whether it came from the cache). Files are written to a temporary name
-    and renamed, so concurrent workers on one cache never read half a file; a lock file per digest makes
-    workers asking for the same speech at once synthesise it once (the others wait and read it)."""
+    -> (speech, path of its WAV, whether it came from the cache). With ``with_audio=False`` the Speech
+    holds no samples (``audio`` is empty; ``seconds`` comes from the cache record): for callers that
+    read the WAV themselves. Speech is written sentence by sentence (memory stays flat for any length)
+    to a temporary name and renamed, so concurrent workers never read half a file; a lock file per
+    digest makes workers asking for the same speech at once synthesise it once (the others wait)."""
     import soundfile as sf
 
     cfg = cfg or TTSConfig()
@@ -154,9 +167,11 @@ def cached_speech(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional
     folder = cache_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     wav, meta, lock = folder / f"{digest}.wav", folder / f"{digest}.json", folder / f"{digest}.lock"
+    hit = False
     while True:  # one synthesis per digest, also across processes sharing the folder (Ray actors)
         if meta.is_file() and wav.is_file():
-            return _load_cached(wav, meta), wav, True
+            hit = True
+            break
         try:
             os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             break
@@ -168,28 +183,47 @@ def cached_speech(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional
             if stale:
                 lock.unlink(missing_ok=True)
             time.sleep(0.05)
-    try:
-        speech = synthesize(text, cfg, voice=voice, language=language, rate=rate, markdown=markdown)
-        STATS["synthesized"] += 1
-        tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
-        sf.write(f"{tmp}.wav", speech.audio, speech.sample_rate, subtype="FLOAT", format="WAV")
-        Path(f"{tmp}.json").write_text(json.dumps({
-            "cues": [dataclasses.asdict(c) for c in speech.cues], "voice": speech.voice, "language": speech.language,
-            "backend": speech.backend, "seconds": speech.seconds}, ensure_ascii=False), encoding="utf-8")
-        os.replace(f"{tmp}.wav", wav)
-        os.replace(f"{tmp}.json", meta)  # written last: it vouches for the WAV
-        with open(folder / SYNTH_LOG, "a", encoding="utf-8") as f:  # one short line: an atomic append
-            f.write(f"{digest}\t{speech.voice}\t{speech.seconds:.3f}\n")
-    finally:
-        lock.unlink(missing_ok=True)
-    return speech, wav, False
+    if not hit:
+        try:
+            name, lang, _ = _request(cfg, voice, language, rate)
+            tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
+            cues, samples, out = [], 0, None
+            try:
+                for audio, cue, sr in iter_speech(text, cfg, voice=voice, language=language, rate=rate, markdown=markdown):
+                    if out is None:
+                        out = sf.SoundFile(f"{tmp}.wav", "w", samplerate=sr, channels=1, subtype="FLOAT", format="WAV")
+                    out.write(audio)
+                    samples += len(audio)
+                    if cue is not None:
+                        cues.append(cue)
+            finally:
+                if out is not None:
+                    out.close()
+            STATS["synthesized"] += 1
+            Path(f"{tmp}.json").write_text(json.dumps({
+                "cues": [dataclasses.asdict(c) for c in cues], "voice": name, "language": lang,
+                "backend": cfg.backend, "seconds": samples / sr, "sample_rate": sr}, ensure_ascii=False), encoding="utf-8")
+            os.replace(f"{tmp}.wav", wav)
+            os.replace(f"{tmp}.json", meta)  # written last: it vouches for the WAV
+            with open(folder / SYNTH_LOG, "a", encoding="utf-8") as f:  # one short line: an atomic append
+                f.write(f"{digest}\t{name}\t{samples / sr:.3f}\n")
+        finally:
+            lock.unlink(missing_ok=True)
+    else:
+        STATS["cached"] += 1
+    return _load_cached(wav, meta, with_audio), wav, hit
 
 
-def _load_cached(wav: Path, meta: Path) -> Speech:
+def _load_cached(wav: Path, meta: Path, with_audio: bool = True) -> Speech:
     import soundfile as sf
 
     info = json.loads(meta.read_text(encoding="utf-8"))
-    audio, sr = sf.read(wav, dtype="float32")
-    STATS["cached"] += 1
-    return Speech(audio=audio, sample_rate=int(sr), cues=[Cue(**c) for c in info["cues"]],
-                  voice=info["voice"], language=info["language"], backend=info["backend"])
+    if with_audio:
+        audio, sr = sf.read(wav, dtype="float32")
+    else:
+        sr = sf.info(str(wav)).samplerate
+        audio = np.zeros(0, np.float32)
+    speech = Speech(audio=audio, sample_rate=int(sr), cues=[Cue(**c) for c in info["cues"]],
+                    voice=info["voice"], language=info["language"], backend=info["backend"])
+    speech.duration_s = float(info["seconds"])
+    return speech

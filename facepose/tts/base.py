@@ -47,10 +47,11 @@ class Speech:
     voice: str = ""
     language: str = ""
     backend: str = ""
+    duration_s: Optional[float] = None  # set when ``audio`` was not loaded (facepose.tts.cached_speech)
 
     @property
     def seconds(self) -> float:
-        return len(self.audio) / float(self.sample_rate)
+        return self.duration_s if self.duration_s is not None else len(self.audio) / float(self.sample_rate)
 
 
 class SpeechBackend(Protocol):
