@@ -194,3 +194,22 @@ def test_arabic_is_shaped_and_right_to_left_without_raqm(monkeypatch):
     shown = lesson._visual("مرحبا بكم")
     assert all(0xFB50 <= ord(c) <= 0xFEFF or c == " " for c in shown)  # joined presentation forms
     assert shown.split(" ")[0] != "مرحبا"  # the first word read is drawn at the right end
+
+
+def test_cli_renders_a_spanish_lesson_and_names_a_bad_language(astronaut_png, tmp_path):
+    from tests.test_cli import assert_one_line_error, facepose
+
+    out = tmp_path / "hola.mp4"
+    env = {"FACEPOSE_PROGRESS": "0"}
+    ok = facepose("-s", f"tts.cache_dir={tmp_path / 'tts'}", "render", "-r", str(astronaut_png), "-p",
+                  "text:Hola a todos. Hoy aprendemos.", "-o", str(out), "--language", "es", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert out.is_file() and out.with_suffix(".vtt").is_file() and out.with_suffix(".srt").is_file()
+    bad = facepose("render", "-r", str(astronaut_png), "-p", "text:Hello.", "-o", str(tmp_path / "x.mp4"),
+                   "--language", "klingon", env=env)
+    assert_one_line_error(bad, "klingon")
+    empty = facepose("render", "-r", str(astronaut_png), "-p", "text: ... ", "-o", str(tmp_path / "y.mp4"), env=env)
+    assert_one_line_error(empty, "no words")
+    piper = facepose("-s", "tts.backend=piper", "render", "-r", str(astronaut_png), "-p", "text:Hello.",
+                     "-o", str(tmp_path / "z.mp4"), env=env)
+    assert_one_line_error(piper, "tts.piper_dir", ".onnx.json")
