@@ -213,3 +213,23 @@ def test_cli_renders_a_spanish_lesson_and_names_a_bad_language(astronaut_png, tm
     piper = facepose("-s", "tts.backend=piper", "render", "-r", str(astronaut_png), "-p", "text:Hello.",
                      "-o", str(tmp_path / "z.mp4"), env=env)
     assert_one_line_error(piper, "tts.piper_dir", ".onnx.json")
+
+
+def test_lesson_kind_takes_scripts_only_and_its_digest_follows_the_voice_settings(tmp_path, astronaut_png):
+    from facepose.batch import get_kind
+
+    rows = [{"job_id": "a", "reference": str(astronaut_png), "driver": "text:Hello there."},
+            {"job_id": "b", "reference": str(astronaut_png), "driver": "intro.md", "language": "es", "rate": "1.2"},
+            {"job_id": "c", "reference": str(astronaut_png), "driver": "preset:nod"},
+            {"job_id": "d", "reference": str(astronaut_png), "driver": "text:Hi.", "rate": "fast"}]
+    (tmp_path / "intro.md").write_text("# Hola\n\nBienvenidos.\n", encoding="utf-8")
+    kind = get_kind("lesson", Config())
+    jobs, errors = kind.parse(rows, str(tmp_path / "out"), str(tmp_path))
+    assert [j["job_id"] for j in jobs] == ["a", "b"]
+    assert jobs[1]["driver"] == str(tmp_path / "intro.md") and jobs[1]["language"] == "es" and jobs[1]["rate"] == 1.2
+    by_id = {e["job_id"]: e["error"] for e in errors}
+    assert "not a script" in by_id["c"] and "rate 'fast' is not a number" in by_id["d"]
+    digest = kind.digest(jobs[0])
+    assert digest == get_kind("lesson", Config(tts=TTSConfig(cache_dir=str(tmp_path)))).digest(jobs[0])
+    assert digest != get_kind("lesson", Config(tts=TTSConfig(paragraph_pause_s=2.0))).digest(jobs[0])
+    assert digest != kind.digest(dict(jobs[0], voice="en-gb"))
