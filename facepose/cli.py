@@ -278,22 +278,30 @@ def face_crop(
 @app.command("render")
 def render(
     reference: str = typer.Option(..., "--reference", "-r", help="Reference face photo."),
-    pose: str = typer.Option(..., "--pose", "-p", help="preset:<name>, a driving video, a speech audio file or a pose Parquet."),
+    pose: str = typer.Option(..., "--pose", "-p", help="preset:<name>, a driving video, a speech audio file, a pose Parquet, text:\"...\" or a .txt/.md script."),
     output: str = typer.Option(..., "-o", "--output", help="mp4 to write."),
     seconds: Optional[float] = typer.Option(None, help="Length in seconds (default: the source's own; presets loop)."),
     backend: Optional[str] = typer.Option(None, help="Renderer: warp (CPU, default) or diffusion (needs a checkpoint)."),
     seed: int = typer.Option(0, help="Random seed (diffusion)."),
-    kind: Optional[str] = typer.Option(None, help="Override the pose source kind (preset, video, audio, pose)."),
+    kind: Optional[str] = typer.Option(None, help="Override the pose source kind (preset, video, audio, pose, text)."),
+    captions: Optional[str] = typer.Option(None, help="Text drivers: files (.vtt + .srt beside the video), burn (also in the frames) or none."),
+    voice: Optional[str] = typer.Option(None, help="Text drivers: voice name (tts.voice)."),
+    language: Optional[str] = typer.Option(None, help="Text drivers: language code, e.g. en, es, zh, ar (tts.language)."),
 ) -> None:
-    """Render a 512x512, 24 fps talking-head video of REFERENCE driven by POSE."""
+    """Render a 512x512, 24 fps talking-head video of REFERENCE driven by POSE (text:"..." or a .txt/.md script speaks it)."""
     from facepose.render.job import render_video
 
+    tts = {"captions": captions, "voice": voice, "language": language}
+    if any(tts.values()):  # config overrides (tts.*), validated with the rest
+        state.overrides = [*state.overrides, *(f"tts.{k}={v}" for k, v in tts.items() if v)]
+        state._cfg = None
     cfg = state.cfg
     backend = backend or getattr(getattr(cfg, "render", None), "backend", "warp")
     with progress_bar(f"rendering ({backend})") as update:
         result = render_video(reference, pose, output, seconds=seconds, backend=backend, seed=seed, cfg=cfg,
                               driver_type=kind, progress=update)
     audio = f", audio from {result.audio}" if result.audio else ""
+    audio += f", captions {' '.join(result.captions)}" if result.captions else ""
     done(f"{result.output}: {result.frames} frames, {result.seconds:.2f} s{audio} ({result.render_s:.1f} s to render)")
 
 
@@ -344,6 +352,17 @@ def render_batch(
 ) -> None:
     """Render every job of MANIFEST on Ray actors through the Prefect render flow (reruns resume)."""
     _run_batch("render", manifest, out, retry_failed, dry_run, "rendering jobs")
+
+
+@app.command("lesson-batch", epilog=BATCH_EXIT_HELP)
+def lesson_batch(
+    manifest: str = typer.Argument(..., help="Lesson manifest: job_id, reference, driver (text:... or a .txt/.md script), [voice, language, rate, ...]."),
+    out: str = typer.Option(..., "--out", "-o", help="Output prefix for the videos, their .vtt/.srt and results.parquet."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun the lessons that failed before."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan the manifest; render nothing."),
+) -> None:
+    """Speak and render every lesson of MANIFEST with subtitles (identical scripts synthesised once; reruns resume)."""
+    _run_batch("lesson", manifest, out, retry_failed, dry_run, "rendering lessons")
 
 
 @app.command("curate", epilog=BATCH_EXIT_HELP)

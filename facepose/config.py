@@ -131,6 +131,25 @@ class Audio2PoseConfig:
 
 
 @dataclass
+class TTSConfig:
+    """``tts:`` section: speech synthesis for text drivers (facepose.tts) and their subtitles."""
+
+    backend: str = "espeak"  # espeak (eSpeak NG, bundled by the espeakng-loader wheel) | piper (neural, piper_dir)
+    voice: Optional[str] = None  # a voice name (facepose.tts.list_voices); None: the language's default voice
+    language: str = "en"  # language code (en, es, zh, ar, ...) when no voice is named
+    rate: float = 1.0  # speaking speed relative to the voice's own
+    sentence_pause_s: float = 0.3  # silence between sentences
+    paragraph_pause_s: float = 1.0  # silence between paragraphs (blank lines in a script)
+    edge_pause_s: float = 0.3  # silence before the first and after the last sentence
+    piper_dir: Optional[str] = None  # folder with <voice>.onnx + <voice>.onnx.json (piper only; nothing is downloaded)
+    cache_dir: Optional[str] = None  # synthesised speech, keyed by a digest of text + voice; None: <tmp>/facepose-tts
+    captions: str = "files"  # files: .vtt + .srt beside the video | burn: also drawn into the frames | none
+    caption_font: Optional[str] = None  # .ttf/.otf/.ttc; None: Noto for the script (fonts-noto-core / fonts-noto-cjk)
+    caption_size: int = 26  # text height in pixels at a 512-pixel frame (scaled with the frame)
+    caption_lines: int = 2  # lines shown at once; longer sentences are paged
+
+
+@dataclass
 class RetargetConfig:
     """``retarget:`` config section."""
 
@@ -230,6 +249,7 @@ class Config:
     pose: PoseConfig = field(default_factory=PoseConfig)
     retarget: RetargetConfig = field(default_factory=RetargetConfig)
     audio2pose: Audio2PoseConfig = field(default_factory=Audio2PoseConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     curate: CurateConfig = field(default_factory=CurateConfig)

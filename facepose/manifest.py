@@ -1,9 +1,10 @@
 """Manifests and results of the batch jobs (DESIGN.md, "Data contracts").
 
-A **render manifest** has one job a row: ``job_id``, ``reference``, ``driver`` (``preset:<name>`` or a URI
-of a video, an audio file or a pose Parquet), optional ``driver_type``, ``seconds``, ``backend``, ``seed``
-and ``output`` (default ``<output_prefix>/<job_id>.mp4``). A **curation manifest** has one video a row:
-``video_id``, ``video``, optional ``audio``, ``start`` and ``end`` (seconds). Both are read from CSV,
+A **render manifest** has one job a row: ``job_id``, ``reference``, ``driver`` (``preset:<name>``,
+``text:<script>`` or a URI of a video, an audio file, a pose Parquet or a .txt/.md script), optional
+``driver_type``, ``seconds``, ``backend``, ``seed``, ``voice``, ``language``, ``rate`` and ``output``
+(default ``<output_prefix>/<job_id>.mp4``). A **curation manifest** has one video a row: ``video_id``,
+``video``, optional ``audio``, ``start`` and ``end`` (seconds). Both are read from CSV,
 JSONL or Parquet at any storage URI; relative paths in a row are relative to the manifest's folder.
 
 Rows are validated one by one: a bad row becomes an ``error`` result naming the row and the fix, and
@@ -42,7 +43,8 @@ from facepose.errors import FaceposeError, InputError, NoFaceError
 
 log = logging.getLogger(__name__)
 
-RENDER_COLUMNS = ("job_id", "reference", "driver", "driver_type", "seconds", "backend", "seed", "output")
+RENDER_COLUMNS = ("job_id", "reference", "driver", "driver_type", "seconds", "backend", "seed", "output",
+                  "voice", "language", "rate")  # the last three: text drivers (facepose.lesson)
 CURATE_COLUMNS = ("video_id", "video", "audio", "start", "end")
 STATUSES = ("ok", "error", "skipped")
 DONE_DIR = "_done"
@@ -199,7 +201,7 @@ def _text(v: Any) -> Optional[str]:
 def resolve(value: str, base: str) -> str:
     """A row's path: URIs, absolute paths and ``preset:`` names stay; a relative path is taken relative
     to ``base`` (the manifest's folder)."""
-    if value.startswith("preset:") or "://" in value or os.path.isabs(value) or not base:
+    if value.startswith(("preset:", "text:")) or "://" in value or os.path.isabs(value) or not base:
         return value
     if storage.is_remote(base):
         loc = storage.parse(base)
@@ -246,6 +248,9 @@ class RenderJob:
     backend: str = "warp"
     seed: int = 0
     input_digest: str = ""
+    voice: Optional[str] = None  # text drivers: tts.voice / tts.language / tts.rate for this row
+    language: Optional[str] = None
+    rate: Optional[float] = None
 
     def to_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}  # flat fields: no deep copy (asdict is slow)
@@ -328,6 +333,12 @@ def parse_render_rows(
                 except (TypeError, ValueError):
                     raise _field_error(n, job_id, f"seed {raw['seed']!r} is not an integer") from None
             row_backend = _text(raw.get("backend")) or backend
+            rate = None
+            if not _blank(raw.get("rate")):
+                try:
+                    rate = float(raw["rate"])
+                except (TypeError, ValueError):
+                    raise _field_error(n, job_id, f"rate {raw['rate']!r} is not a number (1 is the voice's own speed)") from None
             output = _text(raw.get("output"))
             default_output = output is None  # <prefix>/<job_id>.mp4 is under the prefix by construction (ids hold no '/')
             if output is None:
@@ -347,6 +358,7 @@ def parse_render_rows(
                     job_id=job_id, reference=resolve(reference, base), driver=resolve(driver, base), output=output,
                     marker=storage.join(prefix, DONE_DIR, f"{job_id}.json"), driver_type=_text(raw.get("driver_type")),
                     seconds=seconds, backend=row_backend, seed=row_seed,
+                    voice=_text(raw.get("voice")), language=_text(raw.get("language")), rate=rate,
                 )
             )
         except InputError as e:
@@ -373,13 +385,14 @@ def attach_digests(jobs: list[RenderJob], fingerprints: Optional[dict[str, Optio
         if ref_fp is None:
             errors.append(error_result(job.job_id, InputError(f"job {job.job_id!r}: reference {job.reference} does not exist; check the manifest's reference column"), output=job.output))
             continue
-        drv_fp = job.driver if job.driver.startswith("preset:") else fingerprint(job.driver)
+        drv_fp = job.driver if job.driver.startswith(("preset:", "text:")) else fingerprint(job.driver)
         if drv_fp is None:
             errors.append(error_result(job.job_id, InputError(f"job {job.job_id!r}: driver {job.driver} does not exist; check the manifest's driver column"), output=job.output))
             continue
         job.input_digest = digest(
             {"reference": job.reference, "reference_fp": ref_fp, "driver": job.driver, "driver_fp": drv_fp, "driver_type": job.driver_type,
-             "seconds": job.seconds, "backend": job.backend, "seed": job.seed, "output": job.output}
+             "seconds": job.seconds, "backend": job.backend, "seed": job.seed, "output": job.output,
+             **{k: v for k in ("voice", "language", "rate") if (v := getattr(job, k)) is not None}}
         )
         ok.append(job)
     return ok, errors
@@ -441,6 +454,10 @@ def run_render_job(row: dict[str, Any], cfg: Any = None, renderers: Optional[dic
         renderer = renderers.get(job.backend)
         if renderer is None:
             renderer = renderers[job.backend] = get_renderer(job.backend, cfg)
+        if any(v is not None for v in (job.voice, job.language, job.rate)):
+            from facepose.lesson import with_voice
+
+            cfg = with_voice(cfg, job.voice, job.language, job.rate)
         res = render_video(
             job.reference, job.driver, job.output, seconds=job.seconds, backend=job.backend, seed=job.seed, cfg=cfg,
             renderer=renderer, driver_type=job.driver_type,

@@ -8,7 +8,7 @@
 - ``driving.mp4``: the astronaut moved along a known smooth path, with the speech muxed in.
 - ``pose.parquet``: a pose sequence (the ``nod`` preset, 2 s).
 - ``manifest.csv``: a render manifest with one job per kind of pose source (presets, the driving video,
-  the speech, the pose Parquet); paths are relative to the manifest.
+  the speech, the pose Parquet, a lesson script ``lesson.md``); paths are relative to the manifest.
 - ``curate.csv``: a curation manifest over the driving video.
 """
 
@@ -101,12 +101,22 @@ def main(argv: list[str]) -> int:
         {"job_id": "driven-by-speech", "reference": "astronaut.png", "driver": "speech.wav"},
         {"job_id": "from-pose-file", "reference": "astronaut.png", "driver": "pose.parquet"},
         {"job_id": "look-around", "reference": "astronaut.png", "driver": "preset:look_around", "seconds": 2},
+        {"job_id": "lesson-from-text", "reference": "astronaut.png", "driver": "lesson.md"},
     ]
+    (out / "lesson.md").write_text(LESSON, encoding="utf-8")
     _write_csv(out / "manifest.csv", jobs, ["job_id", "reference", "driver", "driver_type", "seconds", "backend", "seed", "output"])
     _write_csv(out / "curate.csv", [{"video_id": "astronaut-moving", "video": "driving.mp4"}], ["video_id", "video", "audio", "start", "end"])
     for p in sorted(out.iterdir()):
         print(f"{p}  {p.stat().st_size / 1024:.0f} KiB")
     return 0
+
+
+LESSON = """# A lesson from text
+
+Hello! This video was written as text. The words were spoken by a speech synthesiser, and the face moves with that speech.
+
+Each sentence also becomes a subtitle, in a WebVTT and an SRT file beside the video.
+"""
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -38,6 +38,19 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$digest" ]] || ! .venv/bin/python -
   echo "$digest" > "$stamp"
 fi
 
+# Fonts for subtitles burnt into lesson videos (--captions burn): Noto for Latin, Arabic, Hebrew (core)
+# and Chinese/Japanese/Korean (cjk). Speech itself needs no system package (espeakng-loader's wheel).
+fonts=()
+[[ -f /usr/share/fonts/truetype/noto/NotoSansArabic-Regular.ttf ]] || fonts+=(fonts-noto-core)
+[[ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ]] || fonts+=(fonts-noto-cjk)
+if (( ${#fonts[@]} )) && command -v apt-get >/dev/null; then
+  echo "==> installing caption fonts: ${fonts[*]}"
+  sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
+  { $sudo apt-get update -q >/dev/null &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${fonts[@]}" >/dev/null; } ||
+    echo "warning: could not install ${fonts[*]}; burnt-in captions in those scripts need them (or set tts.caption_font)" >&2
+fi
+
 if [[ $want_test == 1 ]]; then
   # System tools the tests use: espeak-ng (real speech) and Debian's Chromium (the browser tests).
   missing=()

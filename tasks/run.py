@@ -17,7 +17,7 @@ from facepose.config import load_config
 ProgressCallback = Any  # (rows finished, rows in the run, the result row) -> None; see tasks.common
 
 #: kind -> its Prefect flow ("module:function")
-FLOWS = {"render": "flows.render:render_flow", "curate": "flows.curate:curate_flow"}
+FLOWS = {"render": "flows.render:render_flow", "curate": "flows.curate:curate_flow", "lesson": "flows.lesson:lesson_flow"}
 
 # The plan and progress callback of an in-process caller, picked up by the flow body (flow parameters
 # must be plain data; a callback and a plan are not).

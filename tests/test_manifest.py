@@ -338,7 +338,7 @@ def test_bundled_example_manifest_is_valid_and_uses_every_kind_of_pose_source():
 
     plan = plan_run(_kind(), str(examples / "manifest.csv"), "out-not-written")
     assert plan.failed == [] and len(plan.todo) >= 6
-    assert {source_kind(j["driver"], j["driver_type"]) for j in plan.todo} == {"preset", "video", "audio", "pose"}
+    assert {source_kind(j["driver"], j["driver_type"]) for j in plan.todo} == {"preset", "video", "audio", "pose", "text"}
     jobs, errors = mf.parse_curate_rows(mf.read_rows(str(examples / "curate.csv")), base=str(examples))
     assert errors == [] and all(Path(j.video).is_file() for j in jobs)
     assert sum(p.stat().st_size for p in examples.iterdir()) < 3 * 1024 * 1024

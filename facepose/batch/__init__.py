@@ -38,6 +38,7 @@ from facepose.errors import InputError
 KINDS = {
     "render": "facepose.batch.render:RenderKind",
     "curate": "facepose.batch.curate:CurateKind",
+    "lesson": "facepose.batch.lesson:LessonKind",
 }
 
 

@@ -43,10 +43,11 @@ from facepose.pose.sequence import PoseSequence
 log = logging.getLogger(__name__)
 
 FPS = 24.0
-KINDS = ("preset", "video", "audio", "pose")
+KINDS = ("preset", "video", "audio", "pose", "text")
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts")
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".aif", ".aiff")
 POSE_EXTS = (".parquet", ".pq")
+TEXT_EXTS = (".txt", ".md", ".markdown")  # lesson scripts (facepose.lesson)
 
 ProgressFn = Callable[[int, int], None]
 Reference = Union[np.ndarray, str, os.PathLike, Any]  # image array, image URI, or facepose.face.crop.FaceCrop
@@ -62,9 +63,11 @@ def source_kind(source: str, kind: Optional[str] = None) -> str:
         return k
     if text.startswith("preset:"):
         return "preset"
+    if text.startswith("text:"):
+        return "text"
     path = text.split("?", 1)[0]
     ext = PurePosixPath(path).suffix.lower()
-    for k, exts in (("video", VIDEO_EXTS), ("audio", AUDIO_EXTS), ("pose", POSE_EXTS)):
+    for k, exts in (("video", VIDEO_EXTS), ("audio", AUDIO_EXTS), ("pose", POSE_EXTS), ("text", TEXT_EXTS)):
         if ext in exts:
             return k
     raise InputError(
@@ -164,7 +167,12 @@ def from_source(
     size = int(crop.image.shape[0])
     canvas = (int(crop.image.shape[1]), size)
 
-    if k == "audio":
+    if k == "text":  # a lesson script: speech first, then the audio path below (facepose.lesson)
+        from facepose.config import TTSConfig
+        from facepose.lesson import text_pose
+
+        pose = text_pose(source, ref, canvas, getattr(cfg, "tts", None) or TTSConfig(), a2p_cfg, seconds=seconds)
+    elif k == "audio":
         pose = audio_to_pose(source, ref, canvas, a2p_cfg, seconds=seconds, extend="loop")
     elif k == "preset":
         driver = load_preset(source.removeprefix("preset:"))

@@ -23,6 +23,7 @@ class RenderResult:
     seconds: float
     render_s: float
     audio: Optional[str] = None  # URI of the audio track muxed in, if any
+    captions: tuple[str, ...] = ()  # subtitle files written beside the video (text drivers)
 
 
 def render_video(
@@ -71,8 +72,9 @@ def render_video(
     audio_uri = pose.meta.get("audio")
     if audio_uri:
         # A video's track comes on the video's timeline (sample 0 plays with frame 0); a looped driver
-        # loops its sound with its frames (fitted to the driver's length first), speech loops itself.
-        period = pose.meta.get("loop_frames")
+        # loops its sound with its frames (fitted to the driver's length first), speech loops itself; a
+        # lesson's speech (it has cues) is padded with silence to the pose's length, never looped.
+        period = len(pose) if pose.meta.get("cues") is not None else pose.meta.get("loop_frames")
         audio = fit_track(load_audio(audio_uri, sr=16000), len(pose), pose.fps, 16000,
                           period_frames=int(period) if period else None)
     if renderer is None:
@@ -80,12 +82,19 @@ def render_video(
         renderer = get_renderer(backend, cfg)
     stage("rendering")
     frames = 0
+    from facepose.config import TTSConfig
+    from facepose.lesson import caption_frames, write_captions
+
+    tts = getattr(cfg, "tts", None) or TTSConfig()
+    stream = caption_frames(renderer.render(crop, pose, seed=seed, progress=progress, name=ref_name), pose, tts)
     with VideoWriter(output, fps=pose.fps, audio=audio, sample_rate=16000) as writer:
-        for frame in renderer.render(crop, pose, seed=seed, progress=progress, name=ref_name):
+        for frame in stream:
             writer.write(frame)
             frames += 1
     if frames != len(pose):
         raise RuntimeError(f"renderer {backend} gave {frames} frames for a {len(pose)}-frame pose")
+    captions = tuple(write_captions(output, pose, tts))
     elapsed = time.perf_counter() - t0
     log.info("rendered %s: %d frames in %.1fs", output, frames, elapsed)
-    return RenderResult(output=str(output), frames=frames, seconds=frames / pose.fps, render_s=elapsed, audio=audio_uri)
+    return RenderResult(output=str(output), frames=frames, seconds=frames / pose.fps, render_s=elapsed, audio=audio_uri,
+                        captions=captions)
