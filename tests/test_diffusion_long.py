@@ -77,8 +77,8 @@ def test_released_weights_carry_the_first_frames_into_the_last_window(released, 
     assert bool((change[37:] > 1e-6).all()), change[37:]
     assert not np.array_equal(out_a.frames[37:], out_b.frames[37:])  # and it shows in the frames
     # the same weights chained through their (zero) Motion Frames channels: nothing crosses a clip
-    chained_a, chain_lat_a = decoded(released, ref, pose_a, long_video="motion_frames")
-    chained_b, chain_lat_b = decoded(released, ref, pose_b, long_video="motion_frames")
+    chained_a, chain_lat_a = decoded(released, ref, pose_a[:48], long_video="motion_frames")
+    chained_b, chain_lat_b = decoded(released, ref, pose_b[:48], long_video="motion_frames")
     assert bool(((chain_lat_a - chain_lat_b).abs().amax(dim=(1, 2, 3))[:4] > 1e-6).all())
     torch.testing.assert_close(chain_lat_a[24:], chain_lat_b[24:], rtol=0, atol=0)
     np.testing.assert_array_equal(chained_a.frames[24:], chained_b.frames[24:])
