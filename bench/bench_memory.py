@@ -11,7 +11,7 @@ Targets (issue 10): peak RSS under 1.2 GB at the longest input and within 1.3x o
     .venv/bin/python bench/bench_memory.py [--video 5,30,90] [--speech 5,60,600] [--curate 5,90] [--json out.json]
 
 ``--curate`` also measures the per-video curation unit (facepose.curate.Curator, one process per video,
-default settings): one decode, the shot's frames buffered up to ``curate.buffer_mb`` (1024 MB), a longer
+default settings): one decode, the shot's frames buffered up to ``curate.buffer_mb`` (768 MB), a longer
 shot re-read; the synthetic video is one long shot, the buffer's worst case.
 """
 

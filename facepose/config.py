@@ -203,7 +203,7 @@ class CurateConfig:
     sample_rate: int = 16000  # audio is resampled to this before features
     n_mels: int = 80  # log-mel bands per frame in audio/
     crf: int = 18  # x264 quality of the clip mp4s
-    buffer_mb: int = 1024  # frames of a shot kept for writing its clips in the one decode; longer shots are read twice
+    buffer_mb: int = 768  # frames of a shot kept for writing its clips in the one decode; longer shots are read twice
     shard_size: int = 4  # videos per Prefect task
     workers: int = 2  # Ray actors in the pool
     num_cpus: float = 1.0  # per actor

@@ -18,11 +18,11 @@ Per video:
    boxes; per-frame audio features (log-mel bands and RMS over each frame's 1/fps window, zeros and
    ``has_audio=false`` without audio).
 
-Memory: the buffer holds at most ``curate.buffer_mb`` of RGB frames (1024 MB: about 15 s of 720p, 7 s
+Memory: the buffer holds at most ``curate.buffer_mb`` of RGB frames (768 MB: about 12 s of 720p, 5 s
 of 1080p). A shot longer than that is not kept: its frames are let go and, when it ends, its clips are
 written from a second decode of that shot's time range only (the reader seeks to the keyframe before
 it). So every video is decoded once except for its over-long shots, and memory stays bounded whatever
-the length (bench_memory.py: 0.55 GB at 5 s, 1.36 GB at 90 s of one 720p shot, the buffer full).
+the length (bench_memory.py: 0.55 GB at 5 s, 1.10 GB at 90 s of one 720p shot, the buffer full).
 Buffering downscaled or re-encoded frames instead was rejected: the crop box, hence the resolution
 needed, is known only when the clip ends, and JPEG-coding a 720p frame and decoding it back (5.9 ms
 CPU) costs what decoding it again from the H.264 does (6.0 ms), and loses quality.
