@@ -285,6 +285,11 @@ def test_ids_are_unique_and_the_page_fits_a_laptop_and_a_phone(chromium, app_url
             box = page.locator(f"#{step}").bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= size["width"] + 1, (name, step, box)
         page.screenshot(path=str(ARTIFACTS / f"10-{name}.png"), full_page=True)
+        page.get_by_role("tab", name="Batch").click()
+        page.locator("#batch-run").wait_for()
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 1, (name, "batch", overflow)
+        page.screenshot(path=str(ARTIFACTS / f"10-{name}-batch.png"), full_page=True)
         context.close()
 
 
