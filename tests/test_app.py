@@ -397,6 +397,9 @@ def test_pose_controls_change_the_rendered_head_motion(app_page, astronaut_png, 
     set_seconds(page, "2")
     page.locator("#make-pose").click()
     wait_text(page, "pose-status", "48 frames")
+    set_seconds(page, "3")  # the preview no longer matches: said so, not left as "48 frames"
+    wait_text(page, "pose-status", "the duration changed: press preview pose again")
+    set_seconds(page, "2")
     page.locator("#pose-controls").get_by_text("Pose controls").click()
     ranges = {}
     for target in (0.5, 1.5):
