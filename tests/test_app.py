@@ -285,6 +285,11 @@ def test_ids_are_unique_and_the_page_fits_a_laptop_and_a_phone(chromium, app_url
             box = page.locator(f"#{step}").bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= size["width"] + 1, (name, step, box)
         page.screenshot(path=str(ARTIFACTS / f"10-{name}.png"), full_page=True)
+        page.get_by_role("tab", name="Batch").click()
+        page.locator("#batch-run").wait_for()
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 1, (name, "batch", overflow)
+        page.screenshot(path=str(ARTIFACTS / f"10-{name}-batch.png"), full_page=True)
         context.close()
 
 
@@ -392,6 +397,9 @@ def test_pose_controls_change_the_rendered_head_motion(app_page, astronaut_png, 
     set_seconds(page, "2")
     page.locator("#make-pose").click()
     wait_text(page, "pose-status", "48 frames")
+    set_seconds(page, "3")  # the preview no longer matches: said so, not left as "48 frames"
+    wait_text(page, "pose-status", "the duration changed: press preview pose again")
+    set_seconds(page, "2")
     page.locator("#pose-controls").get_by_text("Pose controls").click()
     ranges = {}
     for target in (0.5, 1.5):
