@@ -16,9 +16,6 @@ from facepose.config import load_config
 
 ProgressCallback = Any  # (rows finished, rows in the run, the result row) -> None; see tasks.common
 
-#: kind -> its Prefect flow ("module:function")
-FLOWS = {"render": "flows.render:render_flow", "curate": "flows.curate:curate_flow", "lesson": "flows.lesson:lesson_flow"}
-
 # The plan and progress callback of an in-process caller, picked up by the flow body (flow parameters
 # must be plain data; a callback and a plan are not).
 handed: contextvars.ContextVar[Optional[tuple[Optional[Plan], Optional[ProgressCallback]]]] = contextvars.ContextVar("facepose_batch", default=None)
@@ -47,8 +44,7 @@ def run_batch(kind_name: str, manifest: str, out: str, *, overrides: Sequence[st
         summary = finish(kind, plan, grace_s=cfg.batch.compact_grace_s, t0=t0)
         summary.pop("rows")
         return summary
-    module, name = FLOWS[kind_name].split(":")
-    flow = getattr(importlib.import_module(module), name)
+    flow = getattr(importlib.import_module(f"flows.{kind_name}"), f"{kind_name}_flow")  # flows/<kind>.py defines <kind>_flow
     token = handed.set((plan, progress))
     try:
         return flow(manifest, out, overrides=list(overrides), retry_failed=retry_failed, config_files=[str(f) for f in config_files])

@@ -21,8 +21,9 @@ Adding a kind (e.g. ``lesson``: text -> video):
    with ``shard_size``, ``workers``, ``num_cpus``, ``num_gpus``), and the methods ``parse``, ``digest``,
    ``load``, ``run`` and ``summary`` (see :class:`JobKind`).
 2. One line in :data:`KINDS` below.
-3. A flow entry (three lines in ``flows/``, calling ``tasks.shard.batch_flow_body``) and a deployment in
-   ``prefect.yaml`` if it should be deployed; a CLI command calling ``tasks.shard.run_batch``.
+3. The adapters, a few lines each: ``flows/lesson.py`` with ``lesson_flow`` (a ``@flow`` whose body is
+   ``tasks.shard.batch_flow_body("lesson", ...)``), a deployment in ``prefect.yaml`` if it should be
+   deployed, and a CLI command calling ``facepose.cli._run_batch("lesson", ...)`` (plan first, exit codes).
 4. Tests: its ``parse``/``run`` on inputs the test makes.
 """
 

@@ -205,19 +205,22 @@ class Claims:
         return True
 
     def release(self, job_id: str) -> None:
-        with self._lock:
+        with self._lock:  # not while a renewal rewrites it: that would leave a stale claim behind
             self._held.discard(job_id)
-        storage.delete(self.uri(job_id))
+            storage.delete(self.uri(job_id))
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
             with self._lock:
                 held = list(self._held)
             for job_id in held:
-                try:
-                    storage.write_text(self.uri(job_id), self._body())
-                except StorageError as e:  # the next renewal tries again; the lease outlives a short outage
-                    log.warning("could not renew the claim on %s: %s", job_id, e)
+                with self._lock:
+                    if job_id not in self._held:
+                        continue
+                    try:
+                        storage.write_text(self.uri(job_id), self._body())
+                    except StorageError as e:  # the next renewal tries again; the lease outlives a short outage
+                        log.warning("could not renew the claim on %s: %s", job_id, e)
 
     def close(self) -> None:
         """Stop renewing and give back what is still held."""
