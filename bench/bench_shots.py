@@ -34,15 +34,29 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.synth
 
-from facepose.curate import colour_hist, hist_distance  # noqa: E402
+from facepose.config import CurateConfig  # noqa: E402
+from facepose.curate import ShotDetector  # noqa: E402
 from tests.synth import shot_clip  # noqa: E402
 
 cv2.setNumThreads(1)
 FPS = 24.0
 
 
+def colour_hist(frame: np.ndarray) -> np.ndarray:
+    """frame: (H, W, 3) uint8 RGB -> normalised 8x8x8 HSV histogram of the frame at 64x64 (512,)."""
+    small = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+    h = cv2.calcHist([hsv], [0, 1, 2], None, [8, 8, 8], [0, 180, 0, 256, 0, 256]).reshape(-1)
+    return (h / max(float(h.sum()), 1.0)).astype(np.float32)
+
+
+def hist_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA))
+
+
 class Ours:
-    """facepose.curate's detector: a cut where the HSV-histogram Bhattacharyya distance > threshold."""
+    """The detector curation used before PySceneDetect (kept here to compare): a cut where the
+    Bhattacharyya distance of consecutive frames' HSV histograms exceeds 0.35."""
 
     def __init__(self, threshold: float = 0.35):
         self.threshold, self.prev, self.i = threshold, None, 0
@@ -58,6 +72,8 @@ class Ours:
 
 
 class OursMin(Ours):
+    """The same with PySceneDetect's minimum of 15 frames between cuts."""
+
     def __init__(self, threshold: float = 0.35, min_len: int = 15):
         super().__init__(threshold)
         self.min_len, self.last = min_len, 0
@@ -67,6 +83,21 @@ class OursMin(Ours):
         if cut and cut[0] - self.last >= self.min_len:
             self.last = cut[0]
             return cut
+        return []
+
+
+class Chosen:
+    """What curation runs now: facepose.curate.ShotDetector with the default CurateConfig."""
+
+    def __init__(self):
+        c = CurateConfig()
+        self.detect, self.i = ShotDetector(c.shot_threshold, c.shot_min_frames, FPS), 0
+
+    def step(self, frame: np.ndarray) -> list[int]:
+        self.i += 1
+        return [self.i - 1] if self.detect(frame) else []
+
+    def finish(self) -> list[int]:
         return []
 
 
@@ -98,6 +129,7 @@ def detectors() -> dict[str, Callable[[], object]]:
     from scenedetect import AdaptiveDetector, ContentDetector, HistogramDetector, ThresholdDetector
 
     return {
+        "curate.ShotDetector": lambda: Chosen(),
         "ours (HSV hist, 0.35)": Ours,
         "ContentDetector": lambda: SceneDetect(ContentDetector()),
         "AdaptiveDetector": lambda: SceneDetect(AdaptiveDetector()),
