@@ -4,8 +4,8 @@ features in the curated-dataset layout (DESIGN.md, "Data contracts").
 Per video:
 
 1. **Scan** (one decode at ``curate.fps``): PySceneDetect's luma-histogram detector, fed the decoded
-   frames one by one, marks shot cuts (:class:`ShotDetector`); the face tracker follows the face (reset at each cut) and, per frame, the landmark
-   box side (face size) and the sharpness of the face (variance of the Laplacian of the face region
+   frames one by one, marks shot cuts (:class:`ShotDetector`); the face tracker follows the face (reset
+   at each cut) and, per frame, the landmark box side (face size) and the sharpness of the face (variance of the Laplacian of the face region
    resized to 128 px, so it does not grow with resolution) are recorded.
 2. **Clips**: when a shot ends (at the next cut, or the video's end) it is cut into clips of at most
    ``curate.max_clip_s``; a clip is dropped, with the reason recorded, when it is ``too_short``, has the
@@ -124,7 +124,10 @@ class ShotDetector:
     cut, not one per frame). Frames are downscaled to PySceneDetect's default analysis width (256 px) as
     its ``SceneManager`` does. Its cut is always the frame just fed, which the scan needs (the tracker
     resets there); ``ContentDetector`` and ``AdaptiveDetector`` report cuts frames later, and missed a hard
-    cut or the dissolve on the test clip (BENCHMARKS.md, "Shot cuts")."""
+    cut or the dissolve on the test clip (BENCHMARKS.md, "Shot cuts"). The price of ``min_frames``: a
+    shot shorter than it is not split from the next one.
+
+    threshold: in (0, 1], higher finds fewer cuts; min_frames: >= 0; fps: the rate frames come at."""
 
     WIDTH = 256  # scenedetect.scene_manager.DEFAULT_MIN_WIDTH
 
@@ -132,7 +135,10 @@ class ShotDetector:
         from scenedetect import FrameTimecode
         from scenedetect.detectors import HistogramDetector
 
-        self.detector = HistogramDetector(threshold=threshold, min_scene_len=min_frames)
+        if not 0.0 < threshold <= 1.0 or min_frames < 0:
+            raise InputError(f"curate.shot_threshold {threshold} / shot_min_frames {min_frames}: the threshold must be in (0, 1] "
+                             "(1 - histogram correlation; 0.2 is the default) and the minimum shot length >= 0 frames")
+        self.detector = HistogramDetector(threshold=threshold, min_scene_len=int(min_frames))
         self.timecode, self.fps, self.frame, self.size = FrameTimecode, float(fps), 0, None
 
     def __call__(self, frame: np.ndarray) -> bool:
@@ -357,7 +363,8 @@ def input_digest(job: CurateJob, cfg: Any) -> Optional[str]:
         return None
     audio_fp = fingerprint(job.audio) if job.audio else None
     c = asdict(cfg.curate)
-    settings = {k: c[k] for k in ("fps", "clip_size", "crop_margin", "shot_threshold", "shot_min_frames", "min_clip_s", "max_clip_s", "min_face_px",
+    settings = {k: c[k] for k in ("fps", "clip_size", "crop_margin", "shot_threshold", "shot_min_frames", "min_clip_s", "max_clip_s",
+                                   "min_face_px",
                                    "max_missing", "min_sharpness", "smooth", "sample_rate", "n_mels", "crf")}
     return digest({"video": job.video, "video_fp": video_fp, "audio": job.audio, "audio_fp": audio_fp, "start": job.start,
                    "end": job.end, "curate": settings, "face": asdict(cfg.face)})

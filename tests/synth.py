@@ -175,8 +175,8 @@ def _shot_sources() -> list[np.ndarray]:
     """Six real photographs (skimage.data), RGB uint8."""
     from skimage import data
 
-    grey = lambda im: np.repeat(im[..., None], 3, axis=2)  # noqa: E731
-    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), grey(data.camera()), data.immunohistochemistry()]
+    camera = np.repeat(data.camera()[..., None], 3, axis=2)  # grey -> RGB
+    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), camera, data.immunohistochemistry()]
 
 
 def _shot(photo: np.ndarray, n: int, size: tuple[int, int], rng: np.random.Generator, noise: float) -> np.ndarray:

@@ -13,11 +13,12 @@ import pytest
 from facepose import curate as cu
 from facepose import storage
 from facepose.config import Config
+from facepose.errors import InputError
 from facepose.manifest import CurateJob
 from facepose.media.video import probe_video, write_video
 from facepose.pose.sequence import PoseSequence
-from tests.synth import shot_clip
 from tests.fixtures_batch import moving_face_frames, path_at, scenery_frames, speech_16k, write_face_video  # noqa: F401
+from tests.synth import shot_clip
 
 FPS = 24
 
@@ -34,6 +35,8 @@ def test_shot_detector_separates_a_cut_from_motion(astronaut):
     frames = list(moving_face_frames(astronaut, 1.0)) + scenery_frames(0.5)
     cuts = [i for i, f in enumerate(frames) if detect(f)]
     assert cuts == [FPS]
+    with pytest.raises(InputError, match="shot_threshold"):
+        cu.ShotDetector(0.0, c.shot_min_frames, FPS)
 
 
 def test_shot_detector_finds_hard_cuts_fades_and_dissolves():
