@@ -193,7 +193,8 @@ class CurateConfig:
     fps: float = 24.0  # frames are decoded, tracked and written at this rate
     clip_size: int = 512  # side of the square face crops written as clips
     crop_margin: float = 0.6  # crop side = landmark box side * (1 + 2 * margin), held steady over a clip
-    shot_threshold: float = 0.35  # a cut where the colour-histogram distance (Bhattacharyya, 0..1) to the previous frame exceeds this
+    shot_threshold: float = 0.2  # a cut where 1 - correlation of consecutive frames' luma histograms reaches this (PySceneDetect HistogramDetector)
+    shot_min_frames: int = 15  # at least this many frames between cuts: a fade or dissolve gives one cut
     min_clip_s: float = 1.0  # shorter clips are dropped ("too_short")
     max_clip_s: float = 10.0  # longer shots are split into clips of at most this length
     min_face_px: float = 64.0  # median landmark-box side in source pixels below this: "face_too_small"

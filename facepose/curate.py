@@ -3,9 +3,9 @@ features in the curated-dataset layout (DESIGN.md, "Data contracts").
 
 Per video:
 
-1. **Scan** (one decode at ``curate.fps``): a colour-histogram difference between consecutive frames
-   marks shot cuts; the face tracker follows the face (reset at each cut) and, per frame, the landmark
-   box side (face size) and the sharpness of the face (variance of the Laplacian of the face region
+1. **Scan** (one decode at ``curate.fps``): PySceneDetect's luma-histogram detector, fed the decoded
+   frames one by one, marks shot cuts (:class:`ShotDetector`); the face tracker follows the face (reset
+   at each cut) and, per frame, the landmark box side (face size) and the sharpness of the face (variance of the Laplacian of the face region
    resized to 128 px, so it does not grow with resolution) are recorded.
 2. **Clips**: when a shot ends (at the next cut, or the video's end) it is cut into clips of at most
    ``curate.max_clip_s``; a clip is dropped, with the reason recorded, when it is ``too_short``, has the
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
 
 REASONS = ("too_short", "face_missing", "face_too_small", "too_blurry")
-HIST_SIZE = 64  # frames are compared at this size
 SHARPNESS_SIZE = 128  # the face region is resized to this before the Laplacian
 
 #: index/<video_id>.parquet: one row per clip.
@@ -116,17 +115,44 @@ def marker_uri(out: str, video_id: str) -> str:
 
 
 # -- per-frame measures ---------------------------------------------------------------------------
-def colour_hist(frame: np.ndarray) -> np.ndarray:
-    """frame: (H, W, 3) uint8 RGB -> normalised 8x8x8 HSV histogram (512,) float32."""
-    small = cv2.resize(frame, (HIST_SIZE, HIST_SIZE), interpolation=cv2.INTER_AREA)
-    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
-    h = cv2.calcHist([hsv], [0, 1, 2], None, [8, 8, 8], [0, 180, 0, 256, 0, 256]).reshape(-1)
-    return (h / max(float(h.sum()), 1.0)).astype(np.float32)
+class ShotDetector:
+    """Shot cuts, one frame at a time: PySceneDetect's ``HistogramDetector`` (the field's standard
+    library, as in video2dataset) fed the frames curation already decoded; it never opens the video.
 
+    A cut where the correlation of the 128-bin luma histograms of consecutive frames drops below
+    ``1 - threshold``, at least ``min_frames`` after the previous cut (so a fade or dissolve gives one
+    cut, not one per frame). Frames are downscaled to PySceneDetect's default analysis width (256 px) as
+    its ``SceneManager`` does. Its cut is always the frame just fed, which the scan needs (the tracker
+    resets there); ``ContentDetector`` and ``AdaptiveDetector`` report cuts frames later, and missed a hard
+    cut or the dissolve on the test clip (BENCHMARKS.md, "Shot cuts"). The price of ``min_frames``: a
+    shot shorter than it is not split from the next one.
 
-def hist_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Bhattacharyya distance of two normalised histograms: 0 same colours, 1 disjoint."""
-    return float(cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA))
+    threshold: in (0, 1], higher finds fewer cuts; min_frames: >= 0; fps: the rate frames come at."""
+
+    WIDTH = 256  # scenedetect.scene_manager.DEFAULT_MIN_WIDTH
+
+    def __init__(self, threshold: float, min_frames: int, fps: float):
+        from scenedetect import FrameTimecode
+        from scenedetect.detectors import HistogramDetector
+
+        if not 0.0 < threshold <= 1.0 or min_frames < 0:
+            raise InputError(f"curate.shot_threshold {threshold} / shot_min_frames {min_frames}: the threshold must be in (0, 1] "
+                             "(1 - histogram correlation; 0.2 is the default) and the minimum shot length >= 0 frames")
+        self.detector = HistogramDetector(threshold=threshold, min_scene_len=int(min_frames))
+        self.timecode, self.fps, self.frame, self.size = FrameTimecode, float(fps), 0, None
+
+    def __call__(self, frame: np.ndarray) -> bool:
+        """frame: (H, W, 3) uint8 RGB, the next one -> True when a new shot starts at it."""
+        if self.size is None:
+            h, w = frame.shape[:2]
+            f = max(1.0, w / self.WIDTH)
+            self.size = (max(1, round(w / f)), max(1, round(h / f)))
+        if self.size != (frame.shape[1], frame.shape[0]):
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_LINEAR)
+        bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+        t = self.timecode(self.frame, self.fps)
+        self.frame += 1
+        return bool(self.detector.process_frame(t, bgr))
 
 
 def face_sharpness(frame: np.ndarray, landmarks: np.ndarray) -> float:
@@ -168,13 +194,12 @@ class Scan:
 class Scanner:
     """The scan, fed one frame at a time: cuts, face track, size and sharpness per frame."""
 
-    def __init__(self, tracker: Any, shot_threshold: float):
-        self.tracker, self.threshold = tracker, shot_threshold
+    def __init__(self, tracker: Any, shots: ShotDetector):
+        self.tracker, self.shots = tracker, shots
         self.lms: list[Optional[np.ndarray]] = []
         self.sizes: list[float] = []
         self.sharp: list[float] = []
         self.cuts = [0]
-        self.prev_hist: Optional[np.ndarray] = None
         self.width = self.height = 0
         tracker.reset()
 
@@ -184,12 +209,10 @@ class Scanner:
     def feed(self, frame: np.ndarray) -> bool:
         """frame: (H, W, 3) uint8 RGB. True when it starts a new shot (a cut before it)."""
         self.height, self.width = frame.shape[:2]
-        hist = colour_hist(frame)
-        cut = self.prev_hist is not None and hist_distance(self.prev_hist, hist) > self.threshold
+        cut = self.shots(frame)
         if cut:
             self.cuts.append(len(self.lms))
             self.tracker.reset()  # a new shot: find the face afresh, never carry a box across a cut
-        self.prev_hist = hist
         lm = self.tracker.update(frame)
         self.lms.append(lm)
         self.sizes.append(face_size(lm) if lm is not None else math.nan)
@@ -211,9 +234,9 @@ class Scanner:
                     cuts, int(self.width), int(self.height))
 
 
-def scan_frames(chunks: Iterator[np.ndarray], tracker: Any, shot_threshold: float, progress: Optional[ProgressFn] = None, total: int = 0) -> Scan:
+def scan_frames(chunks: Iterator[np.ndarray], tracker: Any, shots: ShotDetector, progress: Optional[ProgressFn] = None, total: int = 0) -> Scan:
     """chunks: (n, H, W, 3) uint8 frame chunks -> :class:`Scan`. ``tracker``: a FaceTracker (reset at cuts)."""
-    scanner = Scanner(tracker, shot_threshold)
+    scanner = Scanner(tracker, shots)
     for chunk in chunks:
         for frame in chunk:
             scanner.feed(frame)
@@ -340,7 +363,8 @@ def input_digest(job: CurateJob, cfg: Any) -> Optional[str]:
         return None
     audio_fp = fingerprint(job.audio) if job.audio else None
     c = asdict(cfg.curate)
-    settings = {k: c[k] for k in ("fps", "clip_size", "crop_margin", "shot_threshold", "min_clip_s", "max_clip_s", "min_face_px",
+    settings = {k: c[k] for k in ("fps", "clip_size", "crop_margin", "shot_threshold", "shot_min_frames", "min_clip_s", "max_clip_s",
+                                   "min_face_px",
                                    "max_missing", "min_sharpness", "smooth", "sample_rate", "n_mels", "crf")}
     return digest({"video": job.video, "video_fp": video_fp, "audio": job.audio, "audio_fp": audio_fp, "start": job.start,
                    "end": job.end, "curate": settings, "face": asdict(cfg.face)})
@@ -459,7 +483,7 @@ class Curator:
         from facepose.media.video import iter_frames
 
         c = self.cfg.curate
-        scanner = Scanner(self.tracker, c.shot_threshold)
+        scanner = Scanner(self.tracker, ShotDetector(c.shot_threshold, c.shot_min_frames, fps))
         clips: list[Clip] = []
         crops: dict[str, dict[str, Any]] = {}
         buffer: Optional[list[np.ndarray]] = []  # frames of the current shot; None once it outgrew the budget

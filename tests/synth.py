@@ -145,3 +145,89 @@ def phone_photo(astronaut: np.ndarray, face_px: int = 180, size=(4032, 3024), at
     photo[y0:y0 + head.shape[0], x0:x0 + head.shape[1]] = head
     fx0, fy0 = x0 + (face[0] - 110) * k, y0 + (face[1] - 20) * k
     return photo, (fx0, fy0, fx0 + face_px, fy0 + (face[3] - face[1]) * k)
+
+
+# -- shot cuts --------------------------------------------------------------------------------------
+@dataclass
+class ShotClip:
+    """A clip of several shots with known transitions. frames: (T, H, W, 3) uint8 RGB;
+    ``cuts``: first frame of each new shot after a hard cut; ``gradual``: [a, b) frame ranges of the
+    fades and dissolves (a detector may mark a cut anywhere in one)."""
+
+    frames: np.ndarray
+    cuts: list[int]
+    gradual: list[tuple[int, int]]
+    fps: float = 24.0
+
+    def score(self, detected: list[int], tolerance: int = 2) -> tuple[float, float]:
+        """detected: cut frames (first frame of the new shot) -> (precision, recall), one to one: a
+        detection is right within ``tolerance`` frames of a hard cut or anywhere in a fade/dissolve
+        (widened by ``tolerance``), and each transition is matched by at most one detection, so a second
+        detection in the same fade is a false positive."""
+        windows = [(c - tolerance, c + tolerance + 1) for c in self.cuts]
+        windows += [(a - tolerance, b + tolerance) for a, b in self.gradual]
+        matched = sum(any(a <= d < b for d in detected) for a, b in windows)
+        precision = matched / len(detected) if detected else 1.0
+        return precision, matched / len(windows)
+
+
+def _shot_sources() -> list[np.ndarray]:
+    """Six real photographs (skimage.data), RGB uint8."""
+    from skimage import data
+
+    camera = np.repeat(data.camera()[..., None], 3, axis=2)  # grey -> RGB
+    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), camera, data.immunohistochemistry()]
+
+
+def _shot(photo: np.ndarray, n: int, size: tuple[int, int], rng: np.random.Generator, noise: float) -> np.ndarray:
+    """n frames of ``photo`` filling ``size`` (W, H) under a slow pan and zoom (about 1 %/s), with
+    Gaussian sensor noise of ``noise`` grey levels."""
+    w, h = size
+    ph, pw = photo.shape[:2]
+    base = max(w / pw, h / ph) * 1.15  # room to pan without showing the border
+    zoom = rng.choice([-1.0, 1.0]) * 0.1 / n  # up to 10 % over the shot
+    pan = rng.uniform(-0.05, 0.05, 2) * (w, h)  # up to 5 % of the frame over the shot
+    out = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        s = base * (1.0 + zoom * t + (0.1 if zoom < 0 else 0.0))
+        shift = pan * t / n
+        m = np.array([[s, 0, w / 2 - s * pw / 2 + shift[0]], [0, s, h / 2 - s * ph / 2 + shift[1]]], np.float32)
+        frame = cv2.warpAffine(photo, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if noise:
+            frame = np.clip(frame + rng.normal(0, noise, frame.shape), 0, 255).astype(np.uint8)
+        out[t] = frame
+    return out
+
+
+def shot_clip(size: tuple[int, int] = (320, 180), shot_frames: int = 40, fade: int = 12, noise: float = 4.0, seed: int = 0) -> ShotClip:
+    """Six shots of ``shot_frames`` each from six real photographs, each panning and zooming slowly with
+    sensor noise, joined by: a hard cut, a hard cut, a ``fade``-frame fade to black and back (half out,
+    half in), a hard cut, a ``fade``-frame cross-dissolve. size: (W, H)."""
+    rng = np.random.default_rng(seed)
+    shots = [_shot(p, shot_frames, size, rng, noise) for p in _shot_sources()]
+    kinds = ["cut", "cut", "fade", "cut", "dissolve"]
+    frames, cuts, gradual = [shots[0]], [], []
+    n = shot_frames
+    for kind, shot in zip(kinds, shots[1:]):
+        if kind == "cut":
+            cuts.append(n)
+            frames.append(shot)
+            n += len(shot)
+            continue
+        w = np.linspace(0.0, 1.0, fade + 2)[1:-1, None, None, None]  # (fade, 1, 1, 1), strictly between 0 and 1
+        prev = frames[-1]
+        if kind == "fade":  # last fade/2 frames of the previous shot go down to black, first fade/2 of this come up
+            k = fade // 2
+            out = (prev[-k:] * (1.0 - np.linspace(0, 1, k + 1)[1:, None, None, None])).astype(np.uint8)
+            inn = (shot[:k] * np.linspace(0, 1, k + 1)[:-1, None, None, None]).astype(np.uint8)
+            frames[-1] = np.concatenate([prev[:-k], out])
+            frames.append(np.concatenate([inn, shot[k:]]))
+            gradual.append((n - k, n + k))
+        else:  # the last `fade` frames of the previous shot blend into the first `fade` of this one
+            mix = (prev[-fade:] * (1.0 - w) + shot[:fade] * w).astype(np.uint8)
+            frames[-1] = np.concatenate([prev[:-fade], mix])
+            frames.append(shot[fade:])
+            gradual.append((n - fade, n))
+            n -= fade
+        n += len(shot)
+    return ShotClip(np.concatenate(frames), cuts, gradual)

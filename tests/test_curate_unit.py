@@ -13,10 +13,12 @@ import pytest
 from facepose import curate as cu
 from facepose import storage
 from facepose.config import Config
+from facepose.errors import InputError
 from facepose.manifest import CurateJob
 from facepose.media.video import probe_video, write_video
 from facepose.pose.sequence import PoseSequence
 from tests.fixtures_batch import moving_face_frames, path_at, scenery_frames, speech_16k, write_face_video  # noqa: F401
+from tests.synth import shot_clip
 
 FPS = 24
 
@@ -27,13 +29,28 @@ def curator():
 
 
 # -- pieces ---------------------------------------------------------------------------------------
-def test_histogram_distance_separates_a_cut_from_motion(astronaut):
-    frames = list(moving_face_frames(astronaut, 0.5))
-    other = scenery_frames(0.1)[0]
-    h = [cu.colour_hist(f) for f in frames]
-    motion = max(cu.hist_distance(a, b) for a, b in zip(h, h[1:]))
-    cut = cu.hist_distance(h[-1], cu.colour_hist(other))
-    assert motion < Config().curate.shot_threshold < cut
+def test_shot_detector_separates_a_cut_from_motion(astronaut):
+    c = Config().curate
+    detect = cu.ShotDetector(c.shot_threshold, c.shot_min_frames, FPS)
+    frames = list(moving_face_frames(astronaut, 1.0)) + scenery_frames(0.5)
+    cuts = [i for i, f in enumerate(frames) if detect(f)]
+    assert cuts == [FPS]
+    with pytest.raises(InputError, match="shot_threshold"):
+        cu.ShotDetector(0.0, c.shot_min_frames, FPS)
+
+
+def test_shot_detector_finds_hard_cuts_fades_and_dissolves():
+    """Six real photos, slowly panning with noise; three hard cuts, a 12-frame fade to black and back,
+    a 12-frame cross-dissolve. One cut per transition, none inside a shot (bench/bench_shots.py)."""
+    clip = shot_clip((320, 180))
+    c = Config().curate
+    detect = cu.ShotDetector(c.shot_threshold, c.shot_min_frames, clip.fps)
+    cuts = [i for i, f in enumerate(clip.frames) if detect(f)]
+    precision, recall = clip.score(cuts)
+    assert precision >= 0.9 and recall >= 0.9, (cuts, clip.cuts, clip.gradual)
+    # the score can fail: a cut on every frame, or none
+    assert clip.score(list(range(len(clip.frames))))[0] < 0.1
+    assert clip.score([]) == (1.0, 0.0)
 
 
 def test_shots_split_into_nearly_equal_clips_of_bounded_length():
