@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from facepose.config import Config, TTSConfig
-from facepose.lesson import caption_paths, read_script, script_of, wrap, _font
+from facepose.lesson import _font, caption_paths, read_script, script_of, wrap
 from facepose.media.audio import load_audio
 from facepose.render.job import render_video
 
@@ -76,7 +76,7 @@ def test_lesson_video_is_as_long_as_its_speech(english_lesson):
     from facepose.tts import cached_speech
 
     result, out, cfg = english_lesson
-    speech, _, hit = cached_speech(*(lambda t: (t[0],))(read_script(str(out.with_suffix(".md")))), cfg.tts, markdown=True)
+    speech, _, hit = cached_speech(read_script(str(out.with_suffix(".md")))[0], cfg.tts, markdown=True)
     assert hit  # the render put it in the cache
     assert result.frames == int(round(speech.seconds * FPS))
     info = probe_video(str(out))

@@ -78,7 +78,7 @@ def iter_speech(text: str, cfg: TTSConfig, *, voice: Optional[str] = None, langu
     """The speech of ``text`` in pieces, so a long script never has to sit in memory whole:
     yields (float32 samples, the Cue that starts with them or None for a pause, sample rate). Cue times
     count from the first sample of the first piece."""
-    name, lang, rate = _request(cfg, voice, language, rate)
+    name, _, rate = _request(cfg, voice, language, rate)
     paras = paragraphs(text, markdown=markdown)
     if not paras:
         raise InputError("the script has no words to speak; give text with at least one sentence")
