@@ -41,7 +41,8 @@ def render_video(
     on_stage: Optional[Callable[[str], None]] = None,
 ) -> RenderResult:
     """Render ``reference`` (image URI or RGB array) driven by ``driver`` (``preset:<name>``, a video,
-    an audio file, a pose Parquet or a script: ``text:...``, .txt, .md) into an H.264 mp4 at ``output`` (path or URI; written atomically).
+    an audio file, a pose Parquet or a script: ``text:...``, .txt, .md) into an H.264 mp4 at ``output``
+    (path or URI; written atomically).
 
     When audio drove the pose (an audio file, or a driving video with sound), the video carries that
     audio, trimmed or looped with the pose so it stays in sync (a script's speech is padded with silence,
