@@ -143,6 +143,7 @@ class TTSConfig:
     edge_pause_s: float = 0.3  # silence before the first and after the last sentence
     piper_dir: Optional[str] = None  # folder with <voice>.onnx + <voice>.onnx.json (piper only; nothing is downloaded)
     cache_dir: Optional[str] = None  # synthesised speech, keyed by a digest of text + voice; None: <tmp>/facepose-tts
+    sample_rate: int = 16000  # Hz of the cached speech: the rate of the video's sound track (no resampling later)
     captions: str = "files"  # files: .vtt + .srt beside the video | burn: also drawn into the frames | none
     caption_font: Optional[str] = None  # .ttf/.otf/.ttc; None: Noto for the script (fonts-noto-core / fonts-noto-cjk)
     caption_size: int = 26  # text height in pixels at a 512-pixel frame (scaled with the frame)

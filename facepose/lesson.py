@@ -11,7 +11,6 @@ speech cache shared across rows.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import unicodedata
 from functools import lru_cache
@@ -22,7 +21,7 @@ import numpy as np
 
 from facepose.config import TTSConfig
 from facepose.errors import InputError
-from facepose.tts import Cue, Speech, cached_speech
+from facepose.tts import Speech, cached_speech
 
 TEXT_PREFIX = "text:"
 SCRIPT_EXTS = (".txt", ".md", ".markdown")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from facepose.config import Config, TTSConfig
-from facepose.lesson import caption_paths, read_script, script_of, wrap, _font
+from facepose.lesson import _font, caption_paths, read_script, script_of, wrap
 from facepose.media.audio import load_audio
 from facepose.render.job import render_video
 
@@ -76,7 +76,7 @@ def test_lesson_video_is_as_long_as_its_speech(english_lesson):
     from facepose.tts import cached_speech
 
     result, out, cfg = english_lesson
-    speech, _, hit = cached_speech(*(lambda t: (t[0],))(read_script(str(out.with_suffix(".md")))), cfg.tts, markdown=True)
+    speech, _, hit = cached_speech(read_script(str(out.with_suffix(".md")))[0], cfg.tts, markdown=True)
     assert hit  # the render put it in the cache
     assert result.frames == int(round(speech.seconds * FPS))
     info = probe_video(str(out))
@@ -233,3 +233,22 @@ def test_lesson_kind_takes_scripts_only_and_its_digest_follows_the_voice_setting
     assert digest == get_kind("lesson", Config(tts=TTSConfig(cache_dir=str(tmp_path)))).digest(jobs[0])
     assert digest != get_kind("lesson", Config(tts=TTSConfig(paragraph_pause_s=2.0))).digest(jobs[0])
     assert digest != kind.digest(dict(jobs[0], voice="en-gb"))
+
+
+def test_long_sentences_are_paged_within_their_cue_and_short_videos_trim_cues(tmp_path, astronaut):
+    from facepose.lesson import caption_pages
+    from facepose.pose.source import from_source
+
+    long = ("This sentence is far too long to fit on two lines of a small video frame, so the captions show it "
+            "in pages of two lines each, one after another, while the sentence is being spoken aloud.")
+    pages = caption_pages([(1.0, 9.0, long)], 512, TTSConfig())
+    assert len(pages) >= 2 and all(len(p[2]) <= 2 for p in pages)
+    assert pages[0][0] == 1.0 and abs(pages[-1][1] - 9.0) < 1e-9
+    assert all(abs(a[1] - b[0]) < 1e-9 for a, b in zip(pages, pages[1:]))  # back to back
+    assert " ".join(line for p in pages for line in p[2]) == long
+
+    pose = from_source("text:First sentence here. Second sentence there. Third one at the end.", astronaut,
+                       seconds=2.5, cfg=cfg_with(tmp_path))
+    assert len(pose) == 60 and pose.meta["speech_seconds"] > 2.5
+    cues = pose.meta["cues"]
+    assert cues[0][2] == "First sentence here." and all(a < 2.5 and b <= 2.5 for a, b, _ in cues)

@@ -18,11 +18,10 @@ SCRIPTS = ["Welcome back.", "Two plus two is four.", "Water boils at one hundred
 
 
 def test_hundred_lesson_manifest_synthesises_each_script_once_and_reruns_nothing(tmp_path, astronaut_png):
+    import pyarrow.parquet as pq
     import webvtt
 
     from facepose.tts import SYNTH_LOG
-    import pyarrow.parquet as pq
-
     from flows.lesson import run_lesson_batch
 
     script_file = tmp_path / "intro.md"

@@ -69,9 +69,18 @@ def test_identical_scripts_are_synthesised_once(tmp_path):
     assert (hit_a, hit_b, hit_c) == (False, True, False) and wav_a == wav_b
     assert STATS["synthesized"] - before["synthesized"] == 2 and STATS["cached"] - before["cached"] == 1
     np.testing.assert_allclose(a.audio, b.audio, atol=1e-6)
-    whole = synthesize("Cache me if you can.", cfg)  # streamed to the cache = synthesised whole (eSpeak may
-    assert abs(len(whole.audio) - len(a.audio)) < 0.01 * a.sample_rate  # differ by a few samples after a voice switch)
+    # Streamed to the cache at tts.sample_rate = synthesised whole at the voice's rate (eSpeak may differ by a
+    # few samples after a voice switch), resampled
+    whole = synthesize("Cache me if you can.", cfg)
+    assert a.sample_rate == 16000 and whole.sample_rate == 22050
+    assert abs(whole.seconds - a.seconds) < 0.01
     assert [c.text for c in whole.cues] == [c.text for c in a.cues]
+    import soxr
+
+    ref = soxr.resample(whole.audio, 22050, 16000)
+    n = min(len(ref), len(a.audio)) // 160 * 160
+    env = lambda y: np.sqrt((y[:n].reshape(-1, 160) ** 2).mean(1))  # noqa: E731 - 10 ms loudness
+    assert np.corrcoef(env(ref), env(a.audio))[0, 1] > 0.95
     assert a.cues == b.cues and b.voice == "en-us" and c.voice == "es"
 
 
@@ -150,3 +159,58 @@ def test_piper_espeak_phonemes_use_the_voice_id_map(tmp_path):
     phonemes = "".join(inverse[i] for i in ids[2:-1:2])
     assert ids[0] == 1 and ids[-1] == 2 and (ids[1:-1:2] == 0).all() and (ids[2:-1:2] != 0).all()
     assert phonemes.startswith("həl") and "wˈɜːld" in phonemes, phonemes
+
+
+def tone_piper_voice(folder, name: str = "tone", hop: int = 256, sample_rate: int = 16000):
+    """A piper voice whose ONNX model sings a tone ``hop * P * length_scale`` samples long for P phoneme
+    ids, as a VITS voice's duration follows its input and its length scale."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def const(name, value, dtype=TensorProto.FLOAT, dims=()):
+        return helper.make_tensor(name, dtype, list(dims), [value] if not dims else value)
+
+    nodes = [
+        helper.make_node("Cast", ["input_lengths"], ["len_f"], to=TensorProto.FLOAT),
+        helper.make_node("Squeeze", ["len_f", "axis0"], ["len_s"]),
+        helper.make_node("Gather", ["scales", "one"], ["length_scale"], axis=0),
+        helper.make_node("Mul", ["len_s", "hop"], ["n0"]),
+        helper.make_node("Mul", ["n0", "length_scale"], ["limit"]),
+        helper.make_node("Range", ["zero", "limit", "step"], ["t"]),
+        helper.make_node("Mul", ["t", "omega"], ["phase"]),
+        helper.make_node("Sin", ["phase"], ["wave"]),
+        helper.make_node("Mul", ["wave", "half"], ["audio"]),
+        helper.make_node("Reshape", ["audio", "shape"], ["output"]),
+    ]
+    inits = [const("axis0", [0], TensorProto.INT64, (1,)), const("one", 1, TensorProto.INT64),
+             const("hop", float(hop)), const("zero", 0.0), const("step", 1.0), const("omega", 0.3),
+             const("half", 0.5), const("shape", [1, 1, -1], TensorProto.INT64, (3,))]
+    graph = helper.make_graph(
+        nodes, "tone",
+        [helper.make_tensor_value_info("input", TensorProto.INT64, [1, "P"]),
+         helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, "N"])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / f"{name}.onnx"))
+    id_map = {"_": [0], "^": [1], "$": [2], " ": [3], ".": [4], **{c: [10 + i] for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}}
+    (folder / f"{name}.onnx.json").write_text(json.dumps({
+        "audio": {"sample_rate": sample_rate}, "espeak": {"voice": "en-us"}, "language": {"code": "en_US"},
+        "phoneme_type": "text", "num_symbols": 64, "num_speakers": 1, "phoneme_id_map": id_map,
+        "inference": {"noise_scale": 0.667, "length_scale": 1.0, "noise_w": 0.8}}), encoding="utf-8")
+
+
+def test_piper_voice_speaks_a_script_with_cues_and_rate(tmp_path):
+    tone_piper_voice(tmp_path)
+    cfg = TTSConfig(backend="piper", piper_dir=str(tmp_path), voice="tone", edge_pause_s=0.2, sentence_pause_s=0.3)
+    speech = synthesize("abc def.\n\nxyz.", cfg)
+    assert speech.backend == "piper" and speech.voice == "tone" and speech.sample_rate == 16000
+    assert [c.text for c in speech.cues] == ["abc def.", "xyz."]
+    # "abc def." is 8 code points -> 2 * 8 + 3 ids (BOS, PAD after each, EOS) -> 19 * 256 samples
+    first = speech.cues[0]
+    assert abs((first.end - first.start) - 19 * 256 / 16000) < 0.03
+    assert abs(speech.cues[1].start - first.end - cfg.paragraph_pause_s) < 1e-3
+    fast = synthesize("abc def.\n\nxyz.", cfg, rate=2.0)
+    assert abs((fast.cues[0].end - fast.cues[0].start) - 19 * 128 / 16000) < 0.03

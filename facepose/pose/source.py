@@ -10,7 +10,9 @@ the reference's face crop canvas (``cfg.face.crop_size`` square, 512 by default)
   smoothed on the crop canvas (One Euro, ``cfg.face.smoothing``). Any aspect ratio: the face is found
   and its landmarks used as they are, never a squashed frame;
 - audio: Audio2Pose (signal model, or the learned one when ``audio2pose.checkpoint`` is set);
-- pose Parquet: resampled to 24 fps, lost frames filled, retargeted.
+- pose Parquet: resampled to 24 fps, lost frames filled, retargeted;
+- text (``text:<script>``, ``.txt``, ``.md``): spoken (facepose.tts), then the audio path;
+  ``meta["cues"]`` holds the sentence cues (facepose.lesson).
 
 ``seconds`` gives exactly ``round(24 * seconds)`` frames: trimmed, or looped. Audio is looped before
 the pose is made from it, sample for sample as the renderer loops the muxed track, so lips and sound stay

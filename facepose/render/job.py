@@ -41,12 +41,15 @@ def render_video(
     on_stage: Optional[Callable[[str], None]] = None,
 ) -> RenderResult:
     """Render ``reference`` (image URI or RGB array) driven by ``driver`` (``preset:<name>``, a video,
-    an audio file or a pose Parquet) into an H.264 mp4 at ``output`` (path or URI; written atomically).
+    an audio file, a pose Parquet or a script: ``text:...``, .txt, .md) into an H.264 mp4 at ``output``
+    (path or URI; written atomically).
 
     When audio drove the pose (an audio file, or a driving video with sound), the video carries that
     audio, trimmed or looped with the pose so it stays in sync; a driving video's sound is taken on its
     own timeline (the sound at its first frame's time plays with frame 0), padded with silence where
-    its audio track is shorter than the video, and loops with the video's frames. ``renderer`` reuses a loaded backend."""
+    its audio track is shorter than the video, and loops with the video's frames. A script's speech is
+    padded with silence, never looped, and its subtitles are written beside ``output`` (``tts.captions``).
+    ``renderer`` reuses a loaded backend."""
     from facepose.config import FaceConfig
     from facepose.face.crop import crop_face
     from facepose.media.audio import fit_track, load_audio

@@ -78,7 +78,7 @@ def iter_speech(text: str, cfg: TTSConfig, *, voice: Optional[str] = None, langu
     """The speech of ``text`` in pieces, so a long script never has to sit in memory whole:
     yields (float32 samples, the Cue that starts with them or None for a pause, sample rate). Cue times
     count from the first sample of the first piece."""
-    name, lang, rate = _request(cfg, voice, language, rate)
+    name, _, rate = _request(cfg, voice, language, rate)
     paras = paragraphs(text, markdown=markdown)
     if not paras:
         raise InputError("the script has no words to speak; give text with at least one sentence")
@@ -132,7 +132,7 @@ def speech_digest(text: str, cfg: TTSConfig, voice: Optional[str] = None, langua
     pauses; for piper the model file's size and time)."""
     name, lang, rate = _request(cfg, voice, language, rate)
     key = {"text": text, "markdown": markdown, "backend": cfg.backend, "voice": name, "language": lang, "rate": rate,
-           "pauses": [cfg.sentence_pause_s, cfg.paragraph_pause_s, cfg.edge_pause_s], "v": 1}
+           "pauses": [cfg.sentence_pause_s, cfg.paragraph_pause_s, cfg.edge_pause_s], "sample_rate": cfg.sample_rate, "v": 1}
     if cfg.backend == "piper" and cfg.piper_dir:
         st = (Path(cfg.piper_dir).expanduser() / f"{name}.onnx").stat()
         key["model"] = [st.st_size, st.st_mtime_ns]
@@ -187,18 +187,23 @@ def cached_speech(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional
         try:
             name, lang, _ = _request(cfg, voice, language, rate)
             tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}"
-            cues, samples, out = [], 0, None
+            cues, native, samples, out, rate_out = [], 0, 0, None, int(cfg.sample_rate)
             try:
                 for audio, cue, sr in iter_speech(text, cfg, voice=voice, language=language, rate=rate, markdown=markdown):
                     if out is None:
-                        out = sf.SoundFile(f"{tmp}.wav", "w", samplerate=sr, channels=1, subtype="FLOAT", format="WAV")
-                    out.write(audio)
-                    samples += len(audio)
+                        out = sf.SoundFile(f"{tmp}.wav", "w", samplerate=rate_out, channels=1, subtype="FLOAT", format="WAV")
+                    # Resampled piece by piece to the cache's rate; each piece ends exactly where the native
+                    # timeline says, so cue times (native) and samples never drift apart.
+                    native += len(audio)
+                    end = int(round(native * rate_out / sr))
+                    out.write(_fit(_resample(audio, sr, rate_out), end - samples))
+                    samples = end
                     if cue is not None:
                         cues.append(cue)
             finally:
                 if out is not None:
                     out.close()
+            sr = rate_out
             STATS["synthesized"] += 1
             Path(f"{tmp}.json").write_text(json.dumps({
                 "cues": [dataclasses.asdict(c) for c in cues], "voice": name, "language": lang,
@@ -212,6 +217,19 @@ def cached_speech(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional
     else:
         STATS["cached"] += 1
     return _load_cached(wav, meta, with_audio), wav, hit
+
+
+def _resample(audio: np.ndarray, sr: int, target: int) -> np.ndarray:
+    if sr == target or not len(audio) or not np.any(audio):
+        return np.zeros(int(round(len(audio) * target / sr)), np.float32) if sr != target else audio
+    import soxr
+
+    return soxr.resample(audio, sr, target).astype(np.float32, copy=False)
+
+
+def _fit(audio: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad to exactly ``n`` samples."""
+    return audio[:n] if len(audio) >= n else np.concatenate([audio, np.zeros(n - len(audio), np.float32)])
 
 
 def _load_cached(wav: Path, meta: Path, with_audio: bool = True) -> Speech:
