@@ -3,7 +3,7 @@
 Per job the reference face is cropped once (:func:`facepose.face.crop.crop_face`); per frame the crop is
 warped from its own 68 landmarks to the frame's target landmarks:
 
-1. The pose canvas is letterboxed onto the ``size`` x ``size`` output, as :func:`iter_pose_images` draws it.
+1. The pose canvas is letterboxed onto the ``size`` x ``size`` output, as :func:`~facepose.pose.draw.iter_pose_images` draws it.
 2. A piecewise-affine warp over a fixed triangle mesh (the 68 points, virtual forehead points and fixed
    anchors on the frame border; :mod:`facepose.render.warp_mesh`) gives a backward map on a coarse grid,
    computed only over the region the clip's masks reach.
