@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 import sys
 from functools import lru_cache
@@ -125,8 +126,10 @@ def python_files() -> list[Path]:
 def missing_doc_paths() -> list[str]:
     """``docs/...md`` paths named in code, config and docs that do not exist."""
     out = []
-    files = [p for pat in ("*.py", "*.yaml", "*.toml", "*.md") for p in ROOT.rglob(pat)
-             if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)]
+    files = []
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "__pycache__"))]
+        files += [Path(folder, f) for f in names if f.endswith((".py", ".yaml", ".toml", ".md"))]
     for path in sorted(files):
         for i, text in enumerate(path.read_text(errors="replace").splitlines(), 1):
             for m in DOC_PATH.finditer(text):

@@ -1,4 +1,4 @@
-"""The ``warp`` renderer: the default CPU backend, no weights (DESIGN.md, "Contracts between layers").
+"""The ``warp`` renderer: the default CPU backend, no weights (docs/design.md, "Contracts between layers").
 
 Per job the reference face is cropped once (:func:`facepose.face.crop.crop_face`); per frame the crop is
 warped from its own 68 landmarks to the frame's target landmarks:
