@@ -126,3 +126,12 @@ def test_the_resolver_tells_a_stale_name_from_a_real_one():
     assert resolves("facepose.batch.plan.needs_run") and resolves("tasks.shard.batch_flow_body")
     assert not resolves("facepose.render.warp_mesh.MeshWarp.backward_map")
     assert not resolves("facepose.no_such_module.x") and not resolves("tasks.shard.no_such_function")
+
+
+def test_every_dotted_name_in_the_config_files_resolves():
+    """The YAML headers name the dataclass each file merges onto; a renamed class must not leave them behind."""
+    files = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert files
+    stale = [f"{f.relative_to(ROOT)}: {n}" for f in files
+             for n in sorted({m.group(1).rstrip(".") for m in DOTTED.finditer(f.read_text())}) if not resolves(n)]
+    assert not stale, "config files name things that do not exist:\n" + "\n".join(stale)
