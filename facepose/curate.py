@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 from facepose import storage
 from facepose.config import Config
 from facepose.errors import FaceposeError, InputError, MediaError
+from facepose.face_layout import face_size, fill_gaps, locator_box
 from facepose.manifest import CurateJob, curate_result, digest, error_result, fingerprint
 
 log = logging.getLogger(__name__)
@@ -142,12 +143,6 @@ def face_sharpness(frame: np.ndarray, landmarks: np.ndarray) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
-def face_size(landmarks: np.ndarray) -> float:
-    """(68, 2) -> side of the landmark bounding box (the larger of width and height)."""
-    span = landmarks.max(axis=0) - landmarks.min(axis=0)
-    return float(span.max())
-
-
 @dataclass
 class Scan:
     """What the first pass found, per frame at ``fps``: landmarks (T, 68, 2) (zeros where lost),
@@ -192,7 +187,7 @@ class Scanner:
         self.prev_hist = hist
         lm = self.tracker.update(frame)
         self.lms.append(lm)
-        self.sizes.append(face_size(lm) if lm is not None else math.nan)
+        self.sizes.append(float(face_size(lm)) if lm is not None else math.nan)
         self.sharp.append(face_sharpness(frame, lm) if lm is not None else math.nan)
         return cut
 
@@ -274,25 +269,10 @@ def judge(clip: Clip, scan: Scan, cfg: Any, fps: float) -> Clip:
     return clip
 
 
-def fill_gaps(landmarks: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """(T, 68, 2) with lost frames -> lost frames linearly interpolated from their seen neighbours
-    (held at the ends)."""
-    out = landmarks.astype(np.float32, copy=True)
-    if seen.all() or not seen.any():
-        return out
-    t = np.arange(len(seen))
-    flat = out.reshape(len(seen), -1)
-    for j in range(flat.shape[1]):
-        flat[~seen, j] = np.interp(t[~seen], t[seen], flat[seen, j])
-    return flat.reshape(out.shape)
-
-
 def locator_boxes(landmarks: np.ndarray, expand: float, size: int) -> np.ndarray:
     """(T, 68, 2) in crop pixels -> (T, 4) Face Locator boxes (x0, y0, x1, y1): the landmark box scaled
     by ``expand`` about its centre (EMO), clipped to the crop."""
-    lo, hi = landmarks.min(axis=1), landmarks.max(axis=1)
-    c, half = (lo + hi) / 2, (hi - lo) / 2 * expand
-    return np.clip(np.concatenate([c - half, c + half], axis=1), 0, size).astype(np.float32)
+    return np.clip(locator_box(landmarks, expand), 0, size).astype(np.float32)
 
 
 # -- audio features -------------------------------------------------------------------------------

@@ -64,14 +64,6 @@ def test_quality_filters_record_the_reason(seen, size, sharp, frames, reason):
     assert math.isclose(clip.missing, 1 - mask.mean())
 
 
-def test_lost_frames_are_interpolated_between_their_neighbours():
-    lm = np.zeros((5, 68, 2), np.float32)
-    lm[0], lm[4] = 10, 30
-    seen = np.array([True, False, False, False, True])
-    out = cu.fill_gaps(lm, seen)
-    assert np.allclose(out[:, 0, 0], [10, 15, 20, 25, 30])
-
-
 def test_blur_lowers_face_sharpness(astronaut):
     import cv2
 

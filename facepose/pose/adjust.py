@@ -105,7 +105,7 @@ def adjust_pose(pose: PoseSequence, cfg: Optional[PoseAdjustConfig], rest: Optio
         return pose
     assert cfg is not None
     check(cfg)
-    seen = pose.visible & np.isfinite(pose.landmarks).all(axis=(1, 2))
+    seen = pose.visible
     if not seen.any():
         return pose
     lm = pose.landmarks[seen].astype(np.float64)  # (S, 68, 2)

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facepose.errors import PoseFormatError
+from facepose.face_layout import N_POINTS, face_size, is_seen
 
-N_POINTS = 68
 LAYOUT = "face68"
 FORMAT_VERSION = "1"
 
@@ -76,12 +76,11 @@ class PoseSequence:
     @property
     def visible(self) -> np.ndarray:
         """(T,) bool: frames where the face was seen."""
-        return self.scores.mean(axis=1) > 0
+        return is_seen(self.landmarks, self.scores)
 
     def face_size(self) -> np.ndarray:
         """(T,) side of the landmark bounding box in canvas pixels (the larger of width and height)."""
-        span = self.landmarks.max(axis=1) - self.landmarks.min(axis=1)
-        return span.max(axis=1)
+        return face_size(self.landmarks)
 
     # -- edits ---------------------------------------------------------------------------------
     def slice(self, start: int, stop: int) -> "PoseSequence":
