@@ -446,9 +446,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     except click.exceptions.Abort:
         console.print("aborted")
         return 130
-    except ValueError as e:  # registry lookups (unknown backend, ...) raise ValueError with the choices
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        return 1
     return 0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facepose.config import FaceConfig
-from facepose.errors import ModelNotFoundError, NoFaceError
+from facepose.errors import InputError, ModelNotFoundError, NoFaceError
 from facepose.face import (
     DETECTORS,
     LANDMARKS,
@@ -156,9 +156,9 @@ def test_models_are_found_without_importing_their_package_and_missing_ones_are_n
 def test_backends_are_chosen_by_name_from_registries():
     assert {"hog", "cnn"} <= set(DETECTORS) and "dlib68" in LANDMARKS
     assert isinstance(get_landmark_model(FaceConfig()), LandmarkPredictor)
-    with pytest.raises(ValueError, match=r"unknown face detector 'yolo'; choose from \['cnn', 'hog'\]"):
+    with pytest.raises(InputError, match=r"unknown face detector 'yolo'; choose from \['cnn', 'hog'\]"):
         FaceDetector(FaceConfig(detector="yolo"))
-    with pytest.raises(ValueError, match="unknown landmark model 'nope'"):
+    with pytest.raises(InputError, match="unknown landmark model 'nope'"):
         get_landmark_model(FaceConfig(landmark_model="nope"))
 
 

@@ -438,7 +438,7 @@ class RendererPool:
             self.get(name)
         except FaceposeError as e:  # ModelNotFoundError, a bad model config, unreachable weights
             return BackendStatus(name, False, str(e))
-        except (ImportError, ValueError) as e:  # an optional backend whose code or packages are absent
+        except ImportError as e:  # an optional backend whose code or packages are absent
             return BackendStatus(name, False, f"{type(e).__name__}: {e}")
         return BackendStatus(name, True)
 

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from facepose.config import FaceConfig
+from facepose.errors import InputError
 from facepose.face.detect import SHAPE_PREDICTOR_68, model_path
 
 from facepose.face_layout import N_POINTS  # noqa: F401 - the layout and its measures live in facepose.face_layout
@@ -54,7 +55,7 @@ def get_landmark_model(cfg: Optional[FaceConfig] = None, name: Optional[str] = N
     if name not in LANDMARKS and name in _OPTIONAL:
         importlib.import_module(_OPTIONAL[name])
     if name not in LANDMARKS:
-        raise ValueError(f"unknown landmark model {name!r}; choose from {sorted(set(LANDMARKS) | set(_OPTIONAL))}")
+        raise InputError(f"unknown landmark model {name!r}; choose from {sorted(set(LANDMARKS) | set(_OPTIONAL))}")
     return LANDMARKS[name](cfg)
 
 

@@ -510,7 +510,7 @@ TASKS = {"diffusion": DiffusionTask, "audio2pose": Audio2PoseTask}
 def build_task(cfg: TrainConfig, session: Session, checkpoint: Optional[Path], clips: Optional[list] = None) -> Any:
     """The model, data and step of ``cfg.kind``; ``clips``: the dataset's clip list (default: read its index)."""
     if cfg.kind not in TASKS:
-        raise ValueError(f"unknown training kind {cfg.kind!r}; choose from {sorted(TASKS)}")
+        raise InputError(f"unknown training kind {cfg.kind!r}; choose from {sorted(TASKS)}")
     return TASKS[cfg.kind](cfg, session, checkpoint, clips)
 
 
