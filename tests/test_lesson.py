@@ -105,7 +105,7 @@ def test_subtitle_cues_start_at_each_sentence_onset_on_the_video_audio(english_l
 def test_mouth_follows_the_speech_and_closes_in_the_paragraph_pause(english_lesson):
     from facepose.config import FaceConfig
     from facepose.face.track import track_video
-    from facepose.pose.face_model import mouth_opening
+    from facepose.face_layout import mouth_opening
 
     result, out, _ = english_lesson
     track = track_video(str(out), FaceConfig(), fps=FPS)  # landmarks measured on the rendered frames

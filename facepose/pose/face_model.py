@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from facepose.face_layout import INNER_LIP_PAIRS, eye_centres, face_width, inter_ocular, mouth_gap, mouth_opening  # noqa: F401 - re-exported
+from facepose.face_layout import INNER_LIP_PAIRS
 
 EXPRESSIONS = ("jaw_open", "lip_stretch", "lip_pucker", "smile", "brow_raise", "blink_left", "blink_right")
 N_EXPR = len(EXPRESSIONS)
@@ -266,9 +266,6 @@ def invert_similarity(scale: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[
     Rt = np.swapaxes(R, -1, -2)
     inv_s = 1.0 / np.asarray(scale, np.float64)
     return inv_s, Rt, -inv_s[..., None] * np.einsum("...ij,...j->...i", Rt, t)
-
-
-# -- measures: eye_centres, inter_ocular, face_width, mouth_gap, mouth_opening live in facepose.face_layout
 
 
 # -- pose estimation -------------------------------------------------------------------------------
