@@ -127,10 +127,11 @@ def pose_extract(
     """Track the face in VIDEO and write its 68 landmarks per frame to a pose Parquet."""
     from facepose.face.track import track_video
     from facepose.media.video import probe_video
+    from facepose.timeline import frames_for_seconds
 
     cfg = state.cfg
     info = probe_video(video)
-    with progress_bar("tracking", total=max(1, int(round(info.duration * fps)))) as update:
+    with progress_bar("tracking", total=max(1, frames_for_seconds(info.duration, fps))) as update:
         pose = track_video(video, cfg.face, fps=fps, progress=update)
     pose.save(output)
     lost = int((~pose.visible).sum())

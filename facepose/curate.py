@@ -62,6 +62,7 @@ from facepose.config import Config
 from facepose.errors import FaceposeError, InputError, MediaError
 from facepose.face_layout import face_size, fill_gaps, locator_box
 from facepose.manifest import CurateJob, curate_result, digest, error_result, fingerprint
+from facepose.timeline import frames_for_seconds, samples_for_frames
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def split_clips(scan: Scan, video_id: str, fps: float, max_clip_s: float) -> lis
 
 def split_shot(a: int, b: int, video_id: str, fps: float, max_clip_s: float, first: int = 0) -> list[Clip]:
     """The shot [a, b) cut into clips of at most ``max_clip_s``, of nearly equal length; ids count from ``first``."""
-    max_len = max(1, int(round(max_clip_s * fps)))
+    max_len = max(1, frames_for_seconds(max_clip_s, fps))
     parts = max(1, math.ceil((b - a) / max_len))
     edges = np.linspace(a, b, parts + 1).round().astype(int)
     return [Clip(clip_id=f"{video_id}_{first + k:04d}", start=int(s), end=int(e))
@@ -290,7 +291,7 @@ def audio_features(audio: Optional[np.ndarray], frames: int, fps: float, sr: int
     rms_out = np.zeros(frames, np.float32)
     if audio is None or len(audio) == 0 or frames == 0:
         return mel_out, rms_out
-    need = int(round(frames * sr / fps))
+    need = samples_for_frames(frames, fps, sr)
     y = np.zeros(need, np.float32)
     y[: min(need, len(audio))] = audio[:need]
     feat = front_end(y, sr, fps, n_mels, pitch=False)  # curation stores the log-mel and loudness only
@@ -370,7 +371,7 @@ class Curator:
         if job.start is not None and job.start >= info.duration:
             raise InputError(f"video {job.video_id}: start {job.start}s is past the end of {job.video} ({info.duration:.2f}s)")
         t_start = job.start or 0.0
-        total = info.frames_at(fps) if job.start is None and job.end is None else int(round((min(job.end or info.duration, info.duration) - t_start) * fps))
+        total = info.frames_at(fps) if job.start is None and job.end is None else frames_for_seconds(min(job.end or info.duration, info.duration) - t_start, fps)
 
         # Audio first, on the video's timeline: clips are written during the one decode.
         audio = self._audio(job, info.has_audio, t_start, total / fps)
@@ -512,7 +513,7 @@ class Curator:
                     break
                 if i == clip.start:
                     a, b = offset + clip.start, offset + clip.end
-                    seg = None if audio is None else audio[int(round(a * c.sample_rate / fps)) : int(round(b * c.sample_rate / fps))]
+                    seg = None if audio is None else audio[samples_for_frames(a, fps, c.sample_rate) : samples_for_frames(b, fps, c.sample_rate)]
                     writer = VideoWriter(clip_uri(out, job.video_id, clip.clip_id), fps=fps, audio=seg, sample_rate=c.sample_rate, crf=c.crf)
                     writer.__enter__()
                 if writer is not None:

@@ -1,9 +1,8 @@
 """The video and audio timeline every module shares: 24 fps frames, 16 kHz mono audio.
 
 Frame ``i`` covers ``[i / FPS, (i + 1) / FPS)`` seconds; its sound is samples
-``[samples_for_frames(i), samples_for_frames(i + 1))``. Counts round halves up (``round(24 N)`` frames for
-``--seconds N``, README), with a 1e-6 guard so a duration that is a whole number of frames in decimal
-(0.125 s) is not lost to binary rounding. Numpy only; callers at the edges validate their inputs.
+``[samples_for_frames(i), samples_for_frames(i + 1))``. Every count rounds one way, halves up (``round(24 N)``
+frames for ``--seconds N``, README), with a 1e-6 guard against float noise (47.9999997 -> 48). Numpy only; callers at the edges validate their inputs.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ def frames_for_samples(samples: int, sr: int = SAMPLE_RATE, fps: float = FPS) ->
 
 
 def samples_for_frames(frames: int, fps: float = FPS, sr: int = SAMPLE_RATE) -> int:
-    """Audio samples at ``sr`` that ``frames`` frames at ``fps`` last: round(frames / fps * sr)."""
-    return int(round(frames / fps * sr))
+    """Audio samples at ``sr`` that ``frames`` frames at ``fps`` last: round(sr * frames / fps), halves up."""
+    return int(math.floor(frames * sr / fps + 0.5 + 1e-6))
 
 
 __all__ = ["FPS", "SAMPLE_RATE", "frames_for_samples", "frames_for_seconds", "samples_for_frames"]

@@ -13,8 +13,8 @@ from facepose import face_layout as layout
 from facepose.pose import face_model as fm
 from facepose.pose.audio2pose import Audio2PoseConfig, audio_features, audio_to_pose
 from facepose.pose.sequence import PoseSequence
+from facepose.timeline import SAMPLE_RATE as SR
 
-SR = 16000
 
 
 @pytest.fixture(scope="module")

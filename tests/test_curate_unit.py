@@ -16,9 +16,9 @@ from facepose.config import Config
 from facepose.manifest import CurateJob
 from facepose.media.video import probe_video, write_video
 from facepose.pose.sequence import PoseSequence
+from facepose.timeline import FPS
 from tests.fixtures_batch import moving_face_frames, path_at, scenery_frames, speech_16k, write_face_video  # noqa: F401
 
-FPS = 24
 
 
 @pytest.fixture(scope="module")

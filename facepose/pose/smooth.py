@@ -19,6 +19,7 @@ import numpy as np
 
 from facepose.config import SmoothingConfig
 from facepose.face_layout import is_seen
+from facepose.timeline import FPS
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
@@ -79,7 +80,7 @@ def smooth_track(x: np.ndarray, times: np.ndarray, cfg: SmoothingConfig, zero_ph
 
 def smooth_landmarks(
     landmarks: np.ndarray,
-    fps: float = 24.0,
+    fps: float = FPS,
     cfg: Optional[SmoothingConfig] = None,
     visible: Optional[np.ndarray] = None,
     times: Optional[np.ndarray] = None,
