@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from facepose.timeline import FPS, frames_for_seconds  # noqa: E402
+from facepose.timeline import FPS, SAMPLE_RATE, frames_for_seconds  # noqa: E402
 
 W, H = 1280, 720
 FACE = (221.0, 122.0)  # the astronaut's face centre in the 512 px photo
@@ -65,7 +65,7 @@ def make_speech(path: Path, seconds: float) -> Path:
     from scripts.make_examples import espeak
 
     one = Path(str(path) + ".one.wav")
-    espeak(TEXT, one, sample_rate=16000)
+    espeak(TEXT, one, sample_rate=SAMPLE_RATE)
     y, sr = sf.read(str(one), dtype="float32")
     one.unlink()
     sf.write(str(path), np.resize(y, int(round(seconds * sr))), sr, subtype="PCM_16")

@@ -21,6 +21,7 @@ RIGHT_BROW = np.arange(17, 22)  # the subject's right: the left side of the imag
 LEFT_BROW = np.arange(22, 27)
 BROWS = np.arange(17, 27)
 NOSE = np.arange(27, 36)
+NOSE_BRIDGE, NOSTRILS = np.arange(27, 31), np.arange(31, 36)
 RIGHT_EYE = np.arange(36, 42)  # image left; 36 outer corner, 37, 38 upper lid, 39 inner corner, 40, 41 lower lid
 LEFT_EYE = np.arange(42, 48)  # 42 inner corner, 43, 44 upper lid, 45 outer corner, 46, 47 lower lid
 OUTER_LIP = np.arange(48, 60)  # 48 and 54 are the mouth corners

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from facepose.face_layout import INNER_LIP_PAIRS
+from facepose.face_layout import INNER_LIP_PAIRS, MOUTH
 
 EXPRESSIONS = ("jaw_open", "lip_stretch", "lip_pucker", "smile", "brow_raise", "blink_left", "blink_right")
 N_EXPR = len(EXPRESSIONS)
@@ -131,8 +131,7 @@ def _build_bases(mean: np.ndarray) -> np.ndarray:
         pk[i, 1] = pk[MIRROR[i], 1] = -0.02
     for i in (59, 58, 57):
         pk[i, 1] = pk[MIRROR[i], 1] = 0.025
-    for i in range(48, 68):
-        pk[i, 2] = 0.09
+    pk[MOUTH, 2] = 0.09
 
     # smile: corners out and up, upper lip raised at the sides, cheeks push the lower lids up.
     sm = B[3]
