@@ -300,7 +300,7 @@ def check_script(text: Optional[str], app: AppConfig) -> str:
         raise InputError("the script is empty; type what the face should say in step 2 (one or more sentences)")
     if len(script) > app.max_script_chars:
         raise InputError(f"the script has {len(script)} characters, over this app's limit of {app.max_script_chars}; "
-                         "shorten it (render longer lessons with `facepose render-lessons`)")
+                         "shorten it (render longer lessons with `facepose render` or `facepose lesson-batch`)")
     return script
 
 
