@@ -651,7 +651,8 @@ def driver_stem(driver: str, kind: str) -> str:
     if kind == "preset":
         return driver.split(":", 1)[-1]
     if kind == "text":
-        return "-".join(driver.removeprefix("text:").split()[:4])[:40] or "script"
+        words = ["".join(c for c in w if c.isalnum()) for w in driver.removeprefix("text:").split()[:4]]
+        return "-".join(w for w in words if w)[:40] or "script"
     return Path(driver).stem
 
 

@@ -483,12 +483,12 @@ class AppUI:
                                                                elem_id="text-language", min_width=140)
                                         voice = gr.Dropdown(self.voice_choices(first_lang), value="", label="Voice",
                                                             elem_id="text-voice", min_width=140)
-                                    with gr.Row(equal_height=True):
-                                        listen = gr.Button("Listen", size="sm", elem_id="text-listen", scale=1, min_width=90)
+                                    with gr.Row():
+                                        listen = gr.Button("▶ Listen", size="md", elem_id="text-listen", scale=1, min_width=110)
                                         burn = gr.Checkbox(False, label="Burn subtitles into the video", elem_id="text-burn",
                                                            scale=3, info="The .vtt and .srt files come with the video either way.")
                                     speech = gr.Audio(label="Speech of the script", type="filepath", interactive=False,
-                                                      elem_id="text-speech")
+                                                      buttons=["download"], elem_id="text-speech")
                                 seconds = gr.Number(value=0, label="Duration (seconds)", elem_id="seconds",
                                                     info=f"0: the source's own length (presets loop). At most {app.max_seconds:g} s.")
                                 source_info = gr.Markdown("", elem_id="source-info", elem_classes="fp-status")
@@ -530,7 +530,7 @@ class AppUI:
                                                   buttons=["download"], elem_id="result-video")
                                 download = gr.DownloadButton("Download mp4", visible=False, elem_id="result-download")
                                 captions = gr.File(label="Subtitles (WebVTT, SRT)", file_count="multiple", interactive=False,
-                                                   visible=False, height=100, elem_id="result-captions")
+                                                   visible=False, elem_id="result-captions")
                 with gr.Tab("Batch", id="batch", elem_id="tab-batch"):
                     self._batch_tab()
 
