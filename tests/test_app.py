@@ -594,3 +594,11 @@ def test_text_source_speaks_a_script_and_gives_a_video_with_subtitles(app_page, 
     assert [c.text for c in cues] == ["Hello, I am your teacher today.", "We will learn how rain is made."]
     assert cues[0].start_in_seconds < cues[1].start_in_seconds < speech_s
     shot(page, "32-text-video")
+
+    # a reload brings back the script, its language and voice, the speech and the subtitles
+    page.reload()
+    page.wait_for_function("(t) => document.querySelector('#text-script textarea')?.value === t", arg=TWO_SENTENCES)
+    assert page.locator("#text-box").is_visible()
+    assert page.locator("#text-language input").first.input_value() == "English"
+    assert abs(audio_duration_in_page(page, "text-speech") - speech_s) < 0.01
+    page.wait_for_selector('#result-captions a[download$=".vtt"]')

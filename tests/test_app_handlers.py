@@ -416,6 +416,10 @@ def test_listen_speaks_the_script_as_the_render_will(cfg, ws):
     assert h.source_seconds(driver, "text", h.text_cfg(cfg, "English", "")) == pytest.approx(spoken.seconds, abs=0.01)
     arabic = h.speak("مرحبا بكم.", "Arabic", "", cfg, ws)
     assert arabic.voice == "ar" and arabic.seconds > 0.3
+    chinese = h.speak("你好。今天我们学习数字。", "Chinese (Mandarin)", "", cfg, ws)
+    assert chinese.voice == "cmn" and chinese.sentences == 2
+    spanish = h.speak("Hola. ¿Cómo estás?", "Spanish", "es-419", cfg, ws)
+    assert spanish.voice == "es-419" and spanish.sentences == 2
 
 
 def test_generate_from_text_is_as_long_as_the_speech_with_its_subtitles(astronaut_png, ws, cfg):
