@@ -473,6 +473,7 @@ def test_batch_progress_and_downloads_read_every_run_s_result_parts(tmp_path, cf
     from facepose.manifest import utc_now
 
     out = str(tmp_path / "out")
+    os.makedirs(out)
     run = h.BatchRun("jobs.csv", out, tmp_path / "run", cfg=cfg,
                      planned=[{"job_id": j, "status": "waiting", "output": f"{out}/{j}.mp4"} for j in ("a", "b")])
     run.started, run.started_iso = time.time(), "2000-01-01T00:00:00Z"
@@ -482,11 +483,15 @@ def test_batch_progress_and_downloads_read_every_run_s_result_parts(tmp_path, cf
                                                             "seconds": 2.0, "finished_at": now}])
     write_part(kind, out, "20261130T070000-aaaaaaaa", "1", [{"job_id": "b", "status": "error", "error": "no face in b.png",
                                                             "finished_at": now}])
+    (tmp_path / "out" / "a.mp4").write_bytes(b"not decoded here")  # a text job's video and its subtitles
+    (tmp_path / "out" / "a.vtt").write_text("WEBVTT\n\n00:00:00.300 --> 00:00:01.000\nHi.\n")
+    (tmp_path / "out" / "a.srt").write_text("1\n00:00:00,300 --> 00:00:01,000\nHi.\n")
     st = run.poll()
     assert {r["job_id"]: r["status"] for r in st.rows} == {"a": "ok", "b": "error"}
     bundle = run._downloads()[0]
     with zipfile.ZipFile(bundle) as z:
-        assert "results.parquet" in z.namelist()
+        assert sorted(z.namelist()) == ["results.csv", "results.parquet", "videos/a.mp4", "videos/a.srt", "videos/a.vtt"]
+        assert z.read("videos/a.vtt").decode().startswith("WEBVTT")
     import pyarrow.parquet as pq
 
     assert sorted(pq.read_table(tmp_path / "run" / "results.parquet").column("job_id").to_pylist()) == ["a", "b"]

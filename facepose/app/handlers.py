@@ -1046,7 +1046,7 @@ class BatchRun:
     def _downloads(self) -> list[Path]:
         """The run's results as CSV and Parquet (read through :func:`facepose.batch.results.read_results`:
         the results file merged with the per-run parts, from any storage) and one zip with them and every
-        finished video, in the run's folder."""
+        finished video (with its subtitles, for text drivers), in the run's folder."""
         import zipfile
 
         from facepose.batch.results import read_results
@@ -1067,8 +1067,27 @@ class BatchRun:
                     video = self.local_video(r)
                     if video is not None:  # mp4 is compressed already: stored as it is
                         z.write(video, f"videos/{_safe_stem(str(r['job_id']))}.mp4", compress_type=zipfile.ZIP_STORED)
+                        for ext, text in self.subtitles(r).items():  # a lesson's .vtt and .srt
+                            z.writestr(f"videos/{_safe_stem(str(r['job_id']))}{ext}", text)
             tmp.replace(bundle)
         return [bundle, csv_path, parquet]
+
+    def subtitles(self, row: dict[str, Any]) -> dict[str, str]:
+        """The subtitle files render-batch wrote beside a finished text job's video: {".vtt": text, ".srt": text}."""
+        from facepose import storage
+        from facepose.lesson import caption_paths
+
+        out = row.get("output")
+        if not isinstance(out, str) or not out:
+            return {}
+        found = {}
+        for uri in caption_paths(out):
+            try:
+                if storage.exists(uri):
+                    found[uri[uri.rfind("."):]] = storage.read_text(uri)
+            except FaceposeError as e:
+                log.warning("batch: cannot fetch %s: %s", uri, e)
+        return found
 
     def videos(self, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         """(local video path, caption) of every finished job so far, for the page's gallery."""

@@ -583,7 +583,8 @@ class AppUI:
             "### Batch render\nA render manifest (CSV, JSONL or Parquet: `job_id`, `reference`, `driver`, optional "
             "`seconds`, `backend`, `seed`, `output`) with the files it names, or the URI of a manifest already in "
             "storage (`s3://bucket/jobs/manifest.csv`). It runs as its own process, the same as "
-            "`facepose render-batch`; a rerun skips finished jobs. Pose controls for a whole batch: "
+            "`facepose render-batch`; a rerun skips finished jobs. A `driver` of `text:Your script.` speaks it "
+            "(its .vtt and .srt subtitles come in the zip). Pose controls for a whole batch: "
             "`facepose -s pose.adjust.head_amplitude=1.5 render-batch ...`.",
             elem_classes="fp-step-title",
         )
