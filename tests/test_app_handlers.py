@@ -495,3 +495,19 @@ def test_batch_progress_and_downloads_read_every_run_s_result_parts(tmp_path, cf
     import pyarrow.parquet as pq
 
     assert sorted(pq.read_table(tmp_path / "run" / "results.parquet").column("job_id").to_pylist()) == ["a", "b"]
+
+
+def test_a_broken_batch_run_names_the_exception_that_ended_it(tmp_path):
+    import sys
+
+    run = h.BatchRun("jobs.csv", str(tmp_path / "out"), tmp_path / "run", planned=[{"job_id": "a", "status": "waiting"}])
+    # a stand-in child that fails as render-batch does when the engine cannot start (seen on a loaded machine)
+    run.PROGRAM = (sys.executable, "-c", "import sys; print('Traceback (most recent call last):'); "
+                   "print('RuntimeError: Timed out while attempting to connect to ephemeral Prefect API server.'); "
+                   "print('INFO prefect: Stopping temporary server'); sys.exit(1)")
+    run.start()
+    assert run.wait(timeout=20) == 1
+    st = run.poll()
+    assert "render-batch failed (exit 1)" in st.message
+    assert "RuntimeError: Timed out while attempting to connect to ephemeral Prefect API server." in st.message
+    assert st.rows[0]["status"] == "not run"

@@ -1010,8 +1010,12 @@ class BatchRun:
             return f"Batch stopped after {elapsed:.0f} s ({summary}). Run it again to pick up where it stopped."
         # render-batch exits 1 when some jobs failed, a finished run; it broke when jobs were left unrun
         if code != 0 and (not rows or any(r.get("status") == "not run" for r in rows)):
-            last = next((ln for ln in reversed(self.log_tail(200).splitlines()) if ln.strip()), "no output")
-            return f"<span class='fp-warn'>⚠ render-batch failed (exit {code}) after {elapsed:.0f} s: {last.strip()}</span>"
+            lines = [ln.strip() for ln in self.log_tail(200).splitlines() if ln.strip()]
+            # the exception that ended it (e.g. the engine's API server not starting), else the last line
+            last = next((ln for ln in reversed(lines) if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)),
+                        lines[-1] if lines else "no output")
+            return (f"<span class='fp-warn'>⚠ render-batch failed (exit {code}) after {elapsed:.0f} s: "
+                    f"{_html_escape(scrub(last))}</span>")
         return f"Batch finished in {elapsed:.0f} s: {summary}. {self._where(done=True)}"
 
     def _where(self, done: bool = False) -> str:
