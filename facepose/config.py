@@ -104,6 +104,7 @@ class AppConfig:
 
     max_upload_mb: int = 200  # largest file the browser may upload (photo, driving video, audio, manifest)
     max_seconds: float = 60.0  # longest video the app renders; longer sources need a shorter duration
+    max_script_chars: int = 2000  # longest script of the Text source (characters)
     render_concurrency: int = 1  # renders at a time per renderer (the rest wait in the queue)
     preview_concurrency: int = 2  # pose previews (face tracking of a driving video) at a time
     queue_size: Optional[int] = 32  # requests waiting in the queue before new ones are turned away
