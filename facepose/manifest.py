@@ -125,6 +125,17 @@ def read_rows(uri: str, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     return [row for batch in iter_row_batches(uri, required) for row in batch]
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their ends, one at a time (``io.StringIO`` would copy the text, at up
+    to 4 bytes a character)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
 def iter_row_batches(uri: str, required: tuple[str, ...] = (), size: int = 2000) -> Iterator[list[dict[str, Any]]]:
     """:func:`read_rows` in batches of ``size`` rows, decoded as they are read: memory holds the file's
     bytes and one batch of row dicts, not every row (Parquet: one record batch at a time)."""
@@ -139,7 +150,7 @@ def iter_row_batches(uri: str, required: tuple[str, ...] = (), size: int = 2000)
                 return
             sep = _delimiter(uri, header, required)
             rows = ({k.strip(): (v.strip() if isinstance(v, str) and v.strip() != "" else None) for k, v in row.items() if k}
-                    for row in csv.DictReader(io.StringIO(text), delimiter=sep))
+                    for row in csv.DictReader(_lines(text), delimiter=sep))
         elif fmt == "jsonl":
             def jsonl() -> Iterator[dict[str, Any]]:
                 for n, line in enumerate(io.StringIO(data.decode("utf-8-sig")), 1):
@@ -334,6 +345,7 @@ def parse_render_rows(
     seen = {} if seen is None else seen
     seen_ids: dict[str, int] = seen.setdefault("ids", {})
     seen_outputs: dict[str, str] = seen.setdefault("outputs", {})
+    not_default: set[str] = seen.setdefault("not_default", set())  # ids whose output is not <prefix>/<id>.mp4 (or that failed)
     prefix = output_prefix.rstrip("/")
     prefix_path = os.path.normpath(storage.parse(prefix).path)
     for n, raw in enumerate(rows, start):
@@ -391,10 +403,18 @@ def parse_render_rows(
                 raise _field_error(n, job_id, f"output {output} is outside the output prefix {prefix}; leave output empty or put it under the prefix")
             if not output.lower().endswith(".mp4"):
                 raise _field_error(n, job_id, f"output {output} must end in .mp4")
+            # seen_outputs holds the outputs that rows named (few); a default output <prefix>/<id>.mp4 is
+            # known from its id, so 100,000 default rows cost no path each
             key = f"{prefix_path}/{job_id}.mp4" if default_output else os.path.normpath(storage.parse(output).path)
-            if key in seen_outputs:
-                raise _field_error(n, job_id, f"output {output} is also the output of job {seen_outputs[key]!r}; outputs must differ")
-            seen_outputs[key] = job_id
+            other = seen_outputs.get(key)
+            if other is None and not default_output and os.path.dirname(key) == prefix_path and key.endswith(".mp4"):
+                owner = unicodedata.normalize("NFC", os.path.basename(key)[: -len(".mp4")])
+                other = owner if owner in seen_ids and owner != job_id and owner not in not_default else None
+            if other is not None:
+                raise _field_error(n, job_id, f"output {output} is also the output of job {other!r}; outputs must differ")
+            if not default_output:
+                seen_outputs[key] = job_id
+                not_default.add(job_id)  # its default path stays free
             jobs.append(
                 RenderJob(
                     job_id=job_id, reference=resolve(reference, base), driver=resolve(driver, base), output=output,
@@ -405,6 +425,8 @@ def parse_render_rows(
             )
         except InputError as e:
             rid = job_id if job_id and seen_ids.get(job_id) == n else f"#{n}"
+            if rid == job_id:
+                not_default.add(job_id)
             errors.append(error_result(rid, e))
     return jobs, errors
 

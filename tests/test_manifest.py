@@ -451,3 +451,20 @@ def test_videos_curated_before_the_timing_fix_are_curated_again_once(tmp_path, m
     assert plan_run(kind, manifest, out).todo == []  # once
     monkeypatch.setattr(cu, "CURATE_VERSION", cu.CURATE_VERSION + 1)
     assert plan_run(kind, manifest, out).todo[0]["input_digest"] not in (job["input_digest"], before_fix)
+
+
+def test_outputs_are_unique_across_batches_without_keeping_every_default_path():
+    """Only named outputs are remembered; a default <prefix>/<id>.mp4 is known from its id."""
+    seen: dict = {}
+    batch1 = [{"job_id": "x", "reference": "r.png", "driver": "preset:nod", "output": "y.mp4"},
+              {"job_id": "p", "reference": "r.png", "driver": "preset:nod", "output": "sub/p2.mp4"},
+              {"job_id": "bad", "reference": "r.png", "driver": "preset:nod", "seconds": -1}]
+    batch2 = [{"job_id": "y", "reference": "r.png", "driver": "preset:nod"},  # its default is x's output
+              {"job_id": "q", "reference": "r.png", "driver": "preset:nod", "output": "p.mp4"},  # p's default path is free
+              {"job_id": "r", "reference": "r.png", "driver": "preset:nod", "output": "bad.mp4"},  # so is a failed row's
+              {"job_id": "s", "reference": "r.png", "driver": "preset:nod", "output": "./x.mp4"}]  # x renders to y.mp4
+    jobs1, errors1 = mf.parse_render_rows(batch1, "out", seen=seen)
+    jobs2, errors2 = mf.parse_render_rows(batch2, "out", start=4, seen=seen)
+    assert [j.job_id for j in jobs1 + jobs2] == ["x", "p", "q", "r", "s"] and len(errors1) == 1
+    assert [e["job_id"] for e in errors2] == ["y"] and "manifest row 4" in errors2[0]["error"] and "job 'x'" in errors2[0]["error"]
+    assert set(seen["outputs"].values()) == {"x", "p", "q", "r", "s"}

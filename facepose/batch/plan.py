@@ -135,10 +135,12 @@ def plan_run(kind: JobKind, manifest: str, out: str, *, retry_failed: bool = Fal
     :class:`Spool` s; what stays in memory across the manifest is one :data:`State` per earlier result
     and the ids (and, for render, outputs) the uniqueness checks need."""
     plan = Plan(kind.name, manifest, out, run_id or new_run_id())
+    batches = iter_row_batches(manifest, kind.required, batch_rows)
+    first = next(batches, [])  # the manifest's own errors come first
     previous = read_states(kind, out)
     markers: Optional[set[str]] = None
     key, base, seen, n = kind.id_column, manifest_dir(manifest), {}, 0
-    for rows in iter_row_batches(manifest, kind.required, batch_rows):
+    for rows in itertools.chain([first] if first else [], batches):
         jobs, invalid = kind.parse(rows, out, base, start=n + 1, seen=seen)
         n += len(rows)
         del rows
