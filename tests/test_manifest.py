@@ -285,15 +285,15 @@ def test_a_claim_is_held_by_one_run_until_released_or_lapsed(tmp_path, s3, where
     from facepose.batch.results import Claims
 
     out = str(tmp_path / "out") if where == "local" else f"{s3}/claims"
-    a, b = Claims(out, "run-a", lease_s=1.0), Claims(out, "run-b", lease_s=1.0)
+    a, b = Claims(out, "run-a", lease_s=3.0), Claims(out, "run-b", lease_s=3.0)
     try:
         assert a.take("j") and not b.take("j")
-        time.sleep(1.2)  # a renews every lease_s/3: its claim does not lapse while it holds it
+        time.sleep(3.6)  # a renews every lease_s/3: its claim does not lapse while it holds it
         assert not b.take("j")
         a.release("j")
         assert b.take("j") and not a.take("j")
         b._stop.set()  # b is "killed": no more renewals
-        time.sleep(1.3)
+        time.sleep(3.9)
         assert a.take("j")  # the lapsed claim is taken over
     finally:
         a.close()
