@@ -119,7 +119,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-curation-") as tmp:
         tmp = Path(tmp)
         src = tmp / "clip720p.mp4"
-        n = make_clip(src, args.seconds)
+        make_clip(src, args.seconds)
 
         # warm-up: load the dlib models and codecs once, outside the timings
         warm = next(iter_frames(str(src), fps=FPS, threads=1))[:4]
@@ -130,11 +130,11 @@ def main() -> None:
         for _ in range(args.repeats):
             chunks = t_dec.run(lambda: decode(src))
             frames = sum(len(c) for c in chunks)
-            found, tracker = t_trk.run(lambda: track(chunks, cfg))
+            found, tracker = t_trk.run(lambda chunks=chunks: track(chunks, cfg))
             lm = np.stack([f for f in found if f is not None])
             box = crop_box(lm, (W, H), cfg.crop_margin)
             crops = np.stack([crop_image(f, box, CROP) for c in chunks for f in c])
-            t_enc.run(lambda: encode(tmp / "crops.mp4", crops))
+            t_enc.run(lambda crops=crops: encode(tmp / "crops.mp4", crops))
             del chunks, crops
             written = t_all.run(lambda: curate(src, tmp / "curated.mp4", cfg))
 

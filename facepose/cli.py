@@ -330,13 +330,13 @@ def _run_batch(kind: str, manifest: str, out: str, retry_failed: bool, dry_run: 
     from tasks.run import run_batch
 
     try:
-        state.cfg  # validate config before anything starts
+        _ = state.cfg  # validate config before anything starts
         with progress_bar(label) as update:
             summary = run_batch(kind, manifest, out, overrides=state.overrides, config_files=state.files, retry_failed=retry_failed,
                                 dry_run=dry_run, progress=lambda d, t, row=None: update(d, t))
     except FaceposeError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_NOT_STARTED)
+        raise typer.Exit(EXIT_NOT_STARTED) from None
     _batch_summary(summary, "plan" if dry_run else kind)
     if not dry_run:
         done(f"outputs under {summary.get('out', out)}; results in {summary.get('results')}")

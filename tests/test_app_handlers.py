@@ -348,7 +348,7 @@ def test_a_damaged_video_is_named_with_the_fix(tmp_path):
 
 def test_an_abandoned_render_is_cancelled_and_frees_its_renderer(astronaut_png, ws, cfg):
     pool = h.RendererPool(cfg)
-    work = lambda **kw: h.generate_video(str(astronaut_png), "preset:lively_talk", "preset", 8.0, "warp", 0, cfg, ws,
+    work = lambda **kw: h.generate_video(str(astronaut_png), "preset:lively_talk", "preset", 8.0, "warp", 0, cfg, ws,  # noqa: E731
                                          pool, **kw)
     task = h.RenderTask(work, abandon_s=0.5).start()
     while task.frames[0] < 3 and not task.done.is_set():  # the page watches for a while ...

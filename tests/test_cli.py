@@ -22,8 +22,8 @@ def facepose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *names: str) -> None:
     assert result.returncode != 0
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("error: ")]
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
     # One error line, last (retry warnings may come before it), and never a traceback.
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -127,7 +127,7 @@ def test_retries_of_an_unreachable_endpoint_log_one_short_line_each(tmp_path):
     dead = f"127.0.0.1:{free_port()}"
     r = facepose("-s", "storage.retries=3", "-s", "storage.backoff_s=0.01", "face", "crop", "s3://bucket/ref.png",
                  "-o", str(tmp_path / "c.png"), env={"MINIO_ENDPOINT": dead, "COLUMNS": "80"})
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 4, r.stderr  # three retries and the error, nothing wrapped
     for k, line in enumerate(lines[:3], 1):
         assert line.startswith("WARNING facepose.storage: s3://bucket/ref.png: cannot reach S3 endpoint") and f"({k}/3)" in line

@@ -29,6 +29,7 @@ from facepose.render.diffusion.checkpoint import (
 from facepose.render.diffusion.config import ModelConfig, load_arch
 from tests.test_diffusion import face_masks, pose_images, reference_image, render
 
+
 def _reference_dir() -> Path:
     """The measured key lists: $FACEPOSE_MOORE_REFERENCE, tests/data/moore-animateanyone (a vendored copy),
     or the team's ../shared/reference/moore-animateanyone beside the checkout."""

@@ -13,8 +13,8 @@ from facepose.errors import FaceposeError, InputError, NoFaceError
 from facepose.pose import face_model as fm
 from facepose.pose.presets import load_preset
 from facepose.pose.retarget import decompose
-from facepose.pose.source import fill_lost, from_source, source_kind
 from facepose.pose.sequence import PoseSequence
+from facepose.pose.source import fill_lost, from_source, source_kind
 
 FACE = (221.0, 122.0)  # the astronaut's face centre in the photo
 W, H = 640, 360  # a landscape driving video

@@ -5,6 +5,7 @@ and other languages with their own voices and burnt-in captions."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_subtitle_cues_start_at_each_sentence_onset_on_the_video_audio(english_l
     vtt, srt_path = caption_paths(str(out))
     assert set(result.captions) == {vtt, srt_path}
     vtt_cues = [(c.start_time.in_milliseconds() / 1000, c.text) for c in webvtt.read(vtt)]
-    srt_cues = [(s.start.total_seconds(), s.content) for s in srt.parse(open(srt_path, encoding="utf-8").read())]
+    srt_cues = [(s.start.total_seconds(), s.content) for s in srt.parse(Path(srt_path).read_text(encoding="utf-8"))]
     assert [t for _, t in vtt_cues] == SENTENCES == [t for _, t in srt_cues]
     onsets = [a for a, _ in speech_segments(load_audio(str(out), sr=SR))]
     assert len(onsets) == len(SENTENCES), onsets

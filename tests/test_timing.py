@@ -160,9 +160,10 @@ def test_a_short_track_gives_silence_and_a_looped_driver_loops_sound_with_frames
 
 # -- curation -------------------------------------------------------------------------------------
 def test_curated_clip_of_a_late_video_has_its_sound_in_sync(tmp_path, late_video, speech):
+    import pyarrow.parquet as pq
+
     from facepose.curate import Curator
     from facepose.manifest import CurateJob
-    import pyarrow.parquet as pq
 
     outcome = Curator(Config())(CurateJob("late", str(late_video)), str(tmp_path / "ds"))
     assert outcome.result["status"] == "ok", outcome.result["error"]

@@ -81,7 +81,7 @@ def test_a_sample_holds_targets_motion_frames_reference_pose_and_mask(dataset):
     assert s["reference_values"].shape == (3, 64, 64) and s["clip_reference"].shape == (3, 32, 32)
     assert s["pose"].shape == (3, 3, 64, 64) and s["mask"].shape == (1, 64, 64)
     for key in ("pixel_values", "motion_values", "reference_values"):
-        assert -1 <= s[key].min() and s[key].max() <= 1
+        assert s[key].min() >= -1 and s[key].max() <= 1
     # the targets, the motion frames before them and the reference are those frames of the clip
     frames = resize_images(whole_clip(ds.clips[1].uri), 64) * 2 - 1
     start, ref = s["start"], s["reference_index"]
@@ -110,7 +110,7 @@ def test_clip_input_is_normalised_like_the_pipeline(astronaut):
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
     assert x.shape == (3, 224, 224)
     back = x * std + mean
-    assert 0 <= back.min() and back.max() <= 1
+    assert back.min() >= 0 and back.max() <= 1
     assert abs(float(back.mean()) - astronaut.mean() / 255) < 0.02
 
 
@@ -137,7 +137,7 @@ def test_windows_keep_the_reference_away_from_the_targets():
         for _ in range(200):
             start, ref = pick_window(frames, n, m, margin, rng)
             first, last = start - m, start + n - 1
-            assert 0 <= first and last < frames and 0 <= ref < frames
+            assert first >= 0 and last < frames and 0 <= ref < frames
             assert not first <= ref <= last  # never a frame of the window
             room = max(first - margin, 0) + max(frames - 1 - last - margin, 0)
             if frames >= n + m + 2 * margin + 1 and room:

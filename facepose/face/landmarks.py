@@ -67,7 +67,7 @@ def get_landmark_model(cfg: Optional[FaceConfig] = None, name: Optional[str] = N
     return LANDMARKS[name](cfg)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shape_predictor():
     import dlib
 
