@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -151,7 +151,7 @@ def test_pose_preview_from_speech_is_as_long_as_the_speech_and_carries_it(astron
 
 def test_pose_preview_from_a_driving_video_follows_its_length(astronaut_png, tmp_path, ws, cfg):
     from facepose.media.video import probe_video
-    from tests.synth import driving_video, write_driving_video
+    from tests.support.synth import driving_video, write_driving_video
 
     clip = write_driving_video(str(tmp_path / "drive.mp4"), driving_video(n_frames=36))
     assert h.source_seconds(clip, "video") == pytest.approx(1.5, abs=0.05)
@@ -300,7 +300,7 @@ def test_launch_serves_the_app_with_its_limits_and_one_render_at_a_time(tmp_path
 
     from facepose.app import launch
     from facepose.config import Config
-    from tests.conftest import free_port
+    from tests.support.net import free_port
 
     @dataclass
     class WithApp(Config):

@@ -10,8 +10,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import free_port
-from tests.test_cli import assert_one_line_error, facepose
+from tests.support.cli import assert_one_line_error, facepose
+from tests.support.net import free_port
 
 
 @pytest.fixture()

@@ -26,7 +26,7 @@ from facepose.face import (
 )
 from facepose.face.detect import model_path
 from facepose.face.landmarks import LEFT_EYE, MOUTH, NOSE, RIGHT_EYE
-from tests.synth import phone_photo
+from tests.support.synth import phone_photo
 
 # Hand-annotated on skimage's astronaut photo (looking at it at 3x): the face's skin from brow-line
 # hair to chin and ear to ear, and the centres of the two eyes (image-left, image-right).

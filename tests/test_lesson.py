@@ -198,7 +198,7 @@ def test_arabic_is_shaped_and_right_to_left_without_raqm(monkeypatch):
 
 
 def test_cli_renders_a_spanish_lesson_and_names_a_bad_language(astronaut_png, tmp_path):
-    from tests.test_cli import assert_one_line_error, facepose
+    from tests.support.cli import assert_one_line_error, facepose
 
     out = tmp_path / "hola.mp4"
     env = {"FACEPOSE_PROGRESS": "0"}

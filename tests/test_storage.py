@@ -134,7 +134,7 @@ def test_s3_writer_publishes_only_on_success(s3):
 
 
 def test_unreachable_endpoint_is_a_clear_storage_error(monkeypatch):
-    from tests.conftest import free_port
+    from tests.support.net import free_port
 
     port = free_port()  # nothing listens here
     monkeypatch.setenv("MINIO_ENDPOINT", f"127.0.0.1:{port}")

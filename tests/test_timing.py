@@ -15,7 +15,7 @@ import pytest
 from facepose.config import Config
 from facepose.media.audio import fit_track, load_audio, to_video_timeline
 from facepose.media.video import probe_video, read_frames
-from tests.fixtures_batch import moving_face_frames
+from tests.support.synth import moving_face_frames
 
 SR = 16000
 FPS = 24

@@ -22,10 +22,10 @@ from facepose import storage
 from facepose.errors import InputError, StorageError
 from facepose.pose.sequence import PoseSequence
 from facepose.train.step import read_state
-from tests.fixtures_batch import prefect_harness, ray_local, speech_16k, write_face_video  # noqa: F401
-from tests.test_train_dataset import CLIP_SIZE, corrupt_clip, curate_dataset
+from tests.support.datasets import CLIP_SIZE, corrupt_clip, curate_dataset
+from tests.support.synth import write_face_video
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "ray_local")]
+pytestmark = [pytest.mark.prefect, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
