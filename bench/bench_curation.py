@@ -33,14 +33,14 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.synth
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.support.synth
 
 from facepose.config import FaceConfig  # noqa: E402
 from facepose.face import FaceTracker, crop_box, crop_image  # noqa: E402
 from facepose.face.crop import face_mask, to_crop  # noqa: E402
 from facepose.media.video import VideoWriter, iter_frames, write_video  # noqa: E402
 from facepose.pose.smooth import smooth_landmarks  # noqa: E402
-from tests.synth import driving_video  # noqa: E402
+from tests.support.synth import driving_video  # noqa: E402
 
 cv2.setNumThreads(1)
 if "torch" in sys.modules:  # nothing here imports torch; keep it single-threaded if something did

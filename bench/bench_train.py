@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.fixtures_batch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.support.synth
 
 
 def make_dataset(work: Path) -> str:
@@ -41,7 +41,7 @@ def make_dataset(work: Path) -> str:
     from facepose import curate as cu
     from facepose.config import load_config
     from facepose.manifest import CurateJob
-    from tests.fixtures_batch import write_face_video
+    from tests.support.synth import write_face_video
 
     photo = np.ascontiguousarray(data.astronaut())
     curator = cu.Curator(load_config(["curate.clip_size=128"]))
