@@ -159,26 +159,18 @@ def _marked_services(request):
         request.getfixturevalue("ray_local")
 
 
-def pytest_runtest_teardown(item, nextitem):
-    """No unmarked test may leave a Ray running in this process (tasks.pool would start one on demand)."""
-    ray = sys.modules.get("ray")
-    if ray is not None and not item.get_closest_marker("ray") and hasattr(ray, "is_initialized") and ray.is_initialized() \
-            and not STARTED["ray"]:
-        STARTED["ray"] = True  # started by the test itself
-        item.config._facepose_unmarked_ray = item.nodeid
-
-
 def pytest_sessionfinish(session, exitstatus):
-    """With ``-m "not slow"``, neither Ray nor a Prefect server started; say so, or fail the run."""
-    started = [name for name, on in STARTED.items() if on]
-    started += ["prefect server"] if "prefect.server.api.server" in sys.modules and not STARTED["prefect"] else []
-    culprit = getattr(session.config, "_facepose_unmarked_ray", None)
-    markexpr = session.config.getoption("markexpr", "") or ""
+    """Say which services this session started; with ``-m "not slow"``, fail the run if Ray was imported at
+    all or a Prefect server (the harness or Prefect's ephemeral one) started."""
+    ray_imported = "ray" in sys.modules
+    prefect_server = STARTED["prefect"] or "prefect.server.api.server" in sys.modules  # imported only to serve
+    line = (f"Ray: {'started' if STARTED['ray'] else 'imported, not started by a fixture' if ray_imported else 'not imported'}; "
+            f"Prefect server: {'started' if prefect_server else 'not started'}")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line(f"services started this session: {', '.join(started) or 'none'}"
-                            + (f" (Ray by unmarked {culprit})" if culprit else ""))
-    if "not slow" in markexpr and started and session.exitstatus == 0:
+        reporter.write_line(line)
+    markexpr = session.config.getoption("markexpr", "") or ""
+    if "not slow" in markexpr and (ray_imported or prefect_server) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter is not None:
-            reporter.write_line(f"error: -m {markexpr!r} started {', '.join(started)}; mark those tests ray/prefect")
+            reporter.write_line(f"error: -m {markexpr!r} must start neither Ray nor Prefect; mark such tests ray / prefect")

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,17 @@ def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_ser
     mf.write_rows(manifest, jobs)
     out = f"{s3}/renders"
     outage = {"down": None, "up": None}
+    started = datetime.now(UTC)
+
+    def a_shard_awaits_its_retry() -> bool:
+        """A render-shard task of this run failed on the dead endpoint and Prefect scheduled its retry."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(like_="render-shard"), start_time=TaskRunFilterStartTime(after_=started)))
+        return any(r.state_name in ("AwaitingRetry", "Retrying") or r.run_count > 1 for r in runs)
 
     def take_down_then_restore() -> None:
         nonlocal flaky
@@ -290,7 +302,8 @@ def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_ser
             time.sleep(0.05)
         flaky.stop()
         outage["down"] = time.time()
-        time.sleep(4.0)
+        while time.time() < deadline and not a_shard_awaits_its_retry():  # down until the run has felt it
+            time.sleep(0.1)
         flaky = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         flaky.start()
         outage["up"] = time.time()
