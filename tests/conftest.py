@@ -14,7 +14,7 @@ import pytest
 from tests.support.net import free_port
 from tests.support.speech import espeak
 
-# Ray must stay on loopback, and no telemetry anywhere (RECIPES.md).
+# Ray must stay on loopback, and no telemetry anywhere (docs/environment.md, "Ray" and "Prefect").
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from facepose.config import AppConfig
+from facepose.config import AppConfig, Config
 
 
-def app_config(cfg: Any) -> AppConfig:
-    """The ``app`` section of a whole :class:`~facepose.config.Config`, or the defaults when it has none."""
-    section = getattr(cfg, "app", None)
-    return section if isinstance(section, AppConfig) else AppConfig()
+def app_config(cfg: Config) -> AppConfig:
+    """The ``app`` section of a whole :class:`~facepose.config.Config`."""
+    return cfg.app

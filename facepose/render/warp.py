@@ -1,9 +1,9 @@
-"""The ``warp`` renderer: the default CPU backend, no weights (DESIGN.md, "Contracts between layers").
+"""The ``warp`` renderer: the default CPU backend, no weights (docs/design.md, "Contracts between layers").
 
 Per job the reference face is cropped once (:func:`facepose.face.crop.crop_face`); per frame the crop is
 warped from its own 68 landmarks to the frame's target landmarks:
 
-1. The pose canvas is letterboxed onto the ``size`` x ``size`` output, as :func:`iter_pose_images` draws it.
+1. The pose canvas is letterboxed onto the ``size`` x ``size`` output, as :func:`~facepose.pose.draw.iter_pose_images` draws it.
 2. A piecewise-affine warp over a fixed triangle mesh (the 68 points, virtual forehead points and fixed
    anchors on the frame border; :mod:`facepose.render.warp_mesh`) gives a backward map on a coarse grid,
    computed only over the region the clip's masks reach.
@@ -21,7 +21,6 @@ few milliseconds on one core.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from os import PathLike
@@ -32,6 +31,7 @@ import numpy as np
 
 from facepose.config import WarpConfig
 from facepose.errors import InputError
+from facepose.face_layout import is_seen, locator_box
 from facepose.pose.sequence import PoseSequence
 from facepose.render.base import ProgressFn, register_renderer
 from facepose.render.warp_face import EyelidPainter, MouthPainter
@@ -78,7 +78,6 @@ class WarpRenderer:
         if self.cfg.size <= 0 or self.cfg.size % 2:
             raise InputError(f"warp renderer size must be a positive even number (H.264), got {self.cfg.size}")
         self.detector, self.predictor = detector, predictor
-        self._last_crop: Optional[tuple[Any, tuple[np.ndarray, np.ndarray]]] = None
 
     # -- per job -----------------------------------------------------------------------------------
     def crop(self, reference: Any, name: str = "reference") -> tuple[np.ndarray, np.ndarray]:
@@ -92,14 +91,8 @@ class WarpRenderer:
             ref = np.ascontiguousarray(reference)
             if ref.ndim != 3 or ref.shape[2] != 3 or ref.dtype != np.uint8:
                 raise InputError(f"{name} must be an (H, W, 3) uint8 RGB image, got {ref.shape} {ref.dtype}")
-            # the last photo's crop is kept: a caller that crops to retarget, then renders, detects once
-            key = (ref.shape, hashlib.blake2b(ref.data, digest_size=16).digest())
-            if self._last_crop is not None and self._last_crop[0] == key:
-                image, lm = self._last_crop[1]
-            else:
-                fc = crop_face(ref, self.face_cfg, detector=self.detector, predictor=self.predictor, name=name)
-                image, lm = np.asarray(fc.image), np.asarray(fc.landmarks, np.float32)
-                self._last_crop = (key, (image, lm))
+            fc = crop_face(ref, self.face_cfg, detector=self.detector, predictor=self.predictor, name=name)
+            image, lm = np.asarray(fc.image), np.asarray(fc.landmarks, np.float32)
         s = self.cfg.size
         if image.shape[:2] != (s, s):
             scale = np.float32(s / image.shape[1]), np.float32(s / image.shape[0])
@@ -116,7 +109,7 @@ class WarpRenderer:
 
         scale, dx, dy = letterbox(pose.width, pose.height, self.cfg.size)
         lm = pose.landmarks * np.float32(scale) + np.array([dx, dy], np.float32)
-        seen = (pose.scores > 0).any(axis=1) & np.isfinite(lm).all(axis=(1, 2))
+        seen = is_seen(lm, pose.scores)
         if not seen.all():
             idx = np.where(seen, np.arange(len(lm)), -1)
             idx = np.maximum.accumulate(idx)
@@ -229,9 +222,7 @@ class WarpRenderer:
 def _mask_boxes(landmarks: np.ndarray, expand: float) -> np.ndarray:
     """landmarks: (N, 68, 2) -> (N, 4) boxes (x0, y0, x1, y1): each landmark box scaled by ``expand``
     about its centre, the Face Locator's region (EMO)."""
-    lo, hi = landmarks.min(axis=1), landmarks.max(axis=1)
-    c, half = 0.5 * (lo + hi), 0.5 * (hi - lo) * expand
-    return np.concatenate([c - half, c + half], axis=1).astype(np.float32)
+    return locator_box(landmarks, expand).astype(np.float32)
 
 
 def _ramp(x: np.ndarray, lo: float, hi: float, width: float) -> np.ndarray:
