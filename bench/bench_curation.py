@@ -33,7 +33,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.synth
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.support.synth
 
 from facepose.config import FaceConfig  # noqa: E402
 from facepose.face import FaceTracker, crop_box, crop_image  # noqa: E402
@@ -41,7 +41,7 @@ from facepose.face.crop import face_mask, to_crop  # noqa: E402
 from facepose.media.video import VideoWriter, iter_frames, write_video  # noqa: E402
 from facepose.pose.smooth import smooth_landmarks  # noqa: E402
 from facepose.timeline import FPS, frames_for_seconds  # noqa: E402
-from tests.synth import driving_video  # noqa: E402
+from tests.support.synth import driving_video  # noqa: E402
 
 cv2.setNumThreads(1)
 if "torch" in sys.modules:  # nothing here imports torch; keep it single-threaded if something did
@@ -120,7 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-curation-") as tmp:
         tmp = Path(tmp)
         src = tmp / "clip720p.mp4"
-        n = make_clip(src, args.seconds)
+        make_clip(src, args.seconds)
 
         # warm-up: load the dlib models and codecs once, outside the timings
         warm = next(iter_frames(str(src), fps=FPS, threads=1))[:4]
@@ -131,11 +131,11 @@ def main() -> None:
         for _ in range(args.repeats):
             chunks = t_dec.run(lambda: decode(src))
             frames = sum(len(c) for c in chunks)
-            found, tracker = t_trk.run(lambda: track(chunks, cfg))
+            found, tracker = t_trk.run(lambda chunks=chunks: track(chunks, cfg))
             lm = np.stack([f for f in found if f is not None])
             box = crop_box(lm, (W, H), cfg.crop_margin)
             crops = np.stack([crop_image(f, box, CROP) for c in chunks for f in c])
-            t_enc.run(lambda: encode(tmp / "crops.mp4", crops))
+            t_enc.run(lambda crops=crops: encode(tmp / "crops.mp4", crops))
             del chunks, crops
             written = t_all.run(lambda: curate(src, tmp / "curated.mp4", cfg))
 

@@ -79,8 +79,8 @@ def main() -> None:
     print("|---|---|---:|---:|")
     for name, image in photos:
         path = "fast" if detector.detect(image) else "search"
-        t_detect = best(lambda: detector.detect_one(image, name), args.repeats)
-        t_crop = best(lambda: crop_face(image, FaceConfig(), detector, predictor, name), args.repeats)
+        t_detect = best(lambda image=image, name=name: detector.detect_one(image, name), args.repeats)
+        t_crop = best(lambda image=image, name=name: crop_face(image, FaceConfig(), detector, predictor, name), args.repeats)
         print(f"| {name} | {path} | {t_detect:.3f} | {t_crop:.3f} |")
 
 

@@ -32,9 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from facepose.timeline import FPS, SAMPLE_RATE, frames_for_seconds  # noqa: E402
+from tests.support.synth import FACE_CENTRE  # noqa: E402
 
 W, H = 1280, 720
-FACE = (221.0, 122.0)  # the astronaut's face centre in the 512 px photo
+FACE = FACE_CENTRE  # the astronaut's face centre in the 512 px photo
 TEXT = ("Good morning everyone. Today we look at how a single photograph can be animated by a pose sequence, "
         "and why the timing of sound and motion matters so much for a believable result.")
 
@@ -62,7 +63,7 @@ def make_speech(path: Path, seconds: float) -> Path:
     """espeak-ng speech repeated to ``seconds``, 16 kHz mono 16-bit WAV."""
     import soundfile as sf
 
-    from scripts.make_examples import espeak
+    from tests.support.speech import espeak
 
     one = Path(str(path) + ".one.wav")
     espeak(TEXT, one, sample_rate=SAMPLE_RATE)

@@ -106,12 +106,12 @@ def bookkeeping(d: Path, reference: Path, n: int, shard: int) -> dict[str, float
     """Plan a manifest of ``n`` rows, then write one simulated result part a shard, compact and summarize."""
     import resource
 
+    from facepose import manifest as mf
     from facepose.batch import get_kind
     from facepose.batch.plan import plan_run
     from facepose.batch.results import iter_shards, write_part
     from facepose.batch.summary import finish, record_plan
     from facepose.config import Config
-    from facepose import manifest as mf
 
     manifest = d / "big.csv"
     write_manifest(manifest, reference, n)
@@ -263,12 +263,12 @@ def main(argv: list[str]) -> int:
         ref = d / "astronaut.png"
         Image.fromarray(data.astronaut()).save(ref)
         manifest = d / "jobs.csv"
-        rows = write_manifest(manifest, ref, args.jobs)
+        write_manifest(manifest, ref, args.jobs)
 
         write_manifest(d / "warm.csv", ref, 2)
         flow_run(d / "warm.csv", d / "warm", 2, 1)  # Prefect's temporary server, imports: untimed
 
-        cold, warm, flow1, flow2 = [], [], [], []
+        cold, flow1, flow2 = [], [], []
         for r in range(args.repeat):  # interleaved, so a burst of outside load hits every configuration
             cold.append(cold_loop(manifest, d / f"cold{r}"))
             flow1.append(flow_run(manifest, d / f"flow1-{r}", 1, args.shard)[0])

@@ -1,13 +1,13 @@
 """Shot-cut detection for curation: our HSV-histogram distance against PySceneDetect, on one core.
 
-The clip (tests.synth.shot_clip) is six real photographs (skimage.data), each panning and zooming
+The clip (tests.support.synth.shot_clip) is six real photographs (skimage.data), each panning and zooming
 slowly with sensor noise, joined by three hard cuts, a 12-frame fade to black and back and a 12-frame
 cross-dissolve. Every detector is fed the decoded RGB frames one at a time, as curation's one PyAV
 decode feeds facepose.curate.Scanner (PySceneDetect never opens the video). PySceneDetect's frames are
 downscaled as its SceneManager does by default (to a width of 256 .. 384 px) and turned to BGR.
 
   (a) precision / recall of the detected cut frames at 320x180 and 1280x720 (a detection counts
-      within 2 frames of a hard cut or anywhere in a fade/dissolve; tests.synth.ShotClip.score);
+      within 2 frames of a hard cut or anywhere in a fade/dissolve; tests.support.synth.ShotClip.score);
   (b) CPU time per frame at 1280x720 over ``--frames`` frames (the clip, repeated), the downscale and
       colour conversion included.
 
@@ -32,11 +32,11 @@ from typing import Callable  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.synth
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.support.synth
 
 from facepose.config import CurateConfig  # noqa: E402
 from facepose.curate import ShotDetector  # noqa: E402
-from tests.synth import shot_clip  # noqa: E402
+from tests.support.synth import shot_clip  # noqa: E402
 
 cv2.setNumThreads(1)
 FPS = 24.0

@@ -21,17 +21,17 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")  # reports do not wait 2 s each
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import logging
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.fixtures_batch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests.support.synth
 
 
 def make_dataset(work: Path) -> str:
@@ -41,7 +41,7 @@ def make_dataset(work: Path) -> str:
     from facepose import curate as cu
     from facepose.config import load_config
     from facepose.manifest import CurateJob
-    from tests.fixtures_batch import write_face_video
+    from tests.support.synth import write_face_video
 
     photo = np.ascontiguousarray(data.astronaut())
     curator = cu.Curator(load_config(["curate.clip_size=128"]))

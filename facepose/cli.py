@@ -332,7 +332,7 @@ def _run_batch(kind: str, manifest: str, out: str, retry_failed: bool, dry_run: 
     from tasks.run import run_batch
 
     try:
-        state.cfg  # validate config before anything starts
+        _ = state.cfg  # validate config before anything starts
         with progress_bar(label) as update:
             summary = run_batch(kind, manifest, out, overrides=state.overrides, config_files=state.files, retry_failed=retry_failed,
                                 dry_run=dry_run, progress=lambda d, t, row=None: update(d, t))
@@ -340,7 +340,7 @@ def _run_batch(kind: str, manifest: str, out: str, retry_failed: bool, dry_run: 
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         if as_json:
             print_json({"error": str(e), "error_kind": e.kind, "transient": bool(e.transient)})
-        raise typer.Exit(EXIT_NOT_STARTED)
+        raise typer.Exit(EXIT_NOT_STARTED) from None
     if as_json:
         print_json(summary)
     else:

@@ -369,7 +369,7 @@ class Curator:
         self.cfg: Config = (cfg if cfg is not None else Config())
         self.tracker = FaceTracker(self.cfg.face, fps=self.cfg.curate.fps)
         self.tracker.detector.detect(np.zeros((64, 64, 3), np.uint8))  # loads the detector now, not on the first video
-        import facepose.media.audio  # noqa: F401 - imports paid here rather than by the first video
+        import facepose.media.audio
         import facepose.media.video  # noqa: F401
 
     def input_digest(self, job: CurateJob) -> Optional[str]:
@@ -380,7 +380,7 @@ class Curator:
         t0 = time.perf_counter()
         try:
             return self._curate(job, out, progress, t0)
-        except Exception as exc:  # noqa: BLE001 - one bad video must not take the shard down
+        except Exception as exc:
             if not isinstance(exc, FaceposeError):
                 log.exception("video %s: unexpected error", job.video_id)
             row = error_result(job.video_id, exc)

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import unicodedata
 from dataclasses import asdict, dataclass
@@ -259,7 +258,7 @@ def digest(parts: dict[str, Any]) -> str:
 
 
 def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 # -- render jobs ------------------------------------------------------------------------------------
@@ -541,7 +540,7 @@ def run_render_job(row: dict[str, Any], cfg: Any = None, renderers: Optional[dic
         storage.write_text(job.marker, json.dumps(result))  # written last: it vouches for the video
         log.info("job %s: ok, %d frames -> %s (%.1fs)", job.job_id, res.frames, job.output, result["render_s"])
         return result
-    except Exception as exc:  # noqa: BLE001 - one bad row must not take the shard down
+    except Exception as exc:
         if not isinstance(exc, FaceposeError):
             log.exception("job %s: unexpected error", job.job_id)
         result = error_result(job.job_id, exc, output=job.output, render_s=time.perf_counter() - t0, input_digest=job.input_digest)

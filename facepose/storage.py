@@ -138,8 +138,8 @@ def client():
 
 
 def _is_transient(exc: BaseException) -> bool:
-    from minio.error import S3Error, ServerError
     import urllib3.exceptions as ue
+    from minio.error import S3Error, ServerError
 
     if isinstance(exc, S3Error):
         return exc.code in _TRANSIENT_CODES
@@ -176,7 +176,7 @@ def _retry(loc: Location, op: Callable[[], T]) -> T:
             return op()
         except StorageError:
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below, re-raised as StorageError
+        except Exception as exc:
             message, transient = _describe(exc, loc)
             if transient and attempt + 1 < attempts:
                 log.warning("%s; retrying in %.1fs (%d/%d)", message, delay, attempt + 1, attempts - 1)
@@ -221,7 +221,7 @@ def open_read(uri: str | os.PathLike) -> Iterator[BinaryIO]:
     loc = parse(uri)
     if loc.scheme == "file":
         try:
-            f = open(loc.path, "rb")
+            f = open(loc.path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
         except FileNotFoundError:
             raise StorageError(f"{loc.uri}: no such file") from None
         except OSError as e:
@@ -322,7 +322,7 @@ def write_stream(uri: str | os.PathLike, stream: BinaryIO, length: int | None = 
         # A non-seekable stream cannot be replayed: one attempt.
         try:
             put()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             message, transient = _describe(exc, loc)
             raise StorageError(message, transient=transient) from exc
         return

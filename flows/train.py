@@ -28,11 +28,10 @@ import time
 from dataclasses import asdict
 from typing import Any, Callable, Optional, Sequence
 
-import tasks.pool  # noqa: F401 - Ray's environment defaults before anything imports ray
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+import tasks.pool  # noqa: F401 - Ray's environment defaults before anything imports ray
 from facepose import storage
 from facepose.config import load_config
 from facepose.errors import StorageError

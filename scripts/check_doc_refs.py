@@ -12,7 +12,7 @@ import importlib
 import os
 import re
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -28,7 +28,7 @@ METADATA_KEYS = {"facepose.layout", "facepose.fps", "facepose.width", "facepose.
                  "facepose.features", "facepose.sample_rate", "facepose.n_mels"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def definitions() -> dict[str, list[str]]:
     """Top-level names defined in the project's modules (and ``self.x`` attributes) -> those modules."""
     out: dict[str, list[str]] = {}

@@ -15,66 +15,21 @@
 from __future__ import annotations
 
 import csv
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
-import cv2
 import numpy as np
 
 SPEECH = "Hello there. [[_::_::]] This is the face pose system, [[_::]] speaking a short sentence."
 
 
-ASTRONAUT_FACE = (225.0, 135.0)  # centre of the astronaut's face in the 512x512 photo
+# The driving video and the speech come from the test support code: one moving-face generator (with the
+# astronaut's measured face centre) for the examples, the tests and the benchmarks.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.speech import espeak  # noqa: E402
+from tests.support.synth import moving_face_frames  # noqa: E402
 
-
-def moving_face_frames(
-    image: np.ndarray, seconds: float, fps: float = 24.0, size: int = 256, zoom: float = 1.0, center: tuple[float, float] = ASTRONAUT_FACE,
-    amplitude: float = 0.06, blur: float = 0.0,
-) -> Iterator[np.ndarray]:
-    """image: (H, W, 3) uint8 RGB -> ``round(seconds * fps)`` frames (size, size, 3): the image scaled by
-    ``zoom`` with its point ``center`` (the face) moved along a smooth loop around the frame centre (a
-    figure of eight of ``amplitude`` times the frame side, with a slight breathing zoom), so the face's
-    path is known: see :func:`path_at`. ``blur`` > 0: a Gaussian blur of that sigma (output pixels)."""
-    n = int(round(seconds * fps))
-    for i in range(n):
-        dx, dy, s = path_at(i / fps, seconds, amplitude)
-        k = zoom * s
-        m = np.array([[k, 0, size / 2 + dx * size - k * center[0]], [0, k, size / 2 + dy * size - k * center[1]]], np.float32)
-        frame = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        if blur > 0:
-            frame = cv2.GaussianBlur(frame, (0, 0), blur)
-        yield frame
-
-
-def path_at(t: float, period: float, amplitude: float) -> tuple[float, float, float]:
-    """The known path at time ``t``: (dx, dy) as shares of the frame side, and a zoom factor."""
-    a = 2 * np.pi * t / period
-    return amplitude * np.sin(a), 0.5 * amplitude * np.sin(2 * a), 1.0 + 0.03 * np.sin(a)
-
-
-def espeak(text: str, path: Path, sample_rate: int = 16000) -> Path:
-    """Real speech: espeak-ng's WAV, resampled to ``sample_rate`` mono."""
-    import soundfile as sf
-
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
-    with tempfile.TemporaryDirectory() as d:
-        raw = Path(d) / "raw.wav"
-        subprocess.run([exe, "-w", str(raw), text], check=True, capture_output=True)
-        y, sr = sf.read(raw, dtype="float32")
-    if y.ndim > 1:
-        y = y.mean(axis=1)
-    if sr != sample_rate:
-        import librosa
-
-        y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate)
-    sf.write(path, y, sample_rate, subtype="PCM_16")
-    return path
+__all__ = ["espeak", "moving_face_frames"]
 
 
 def main(argv: list[str]) -> int:
@@ -89,7 +44,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     face = np.ascontiguousarray(data.astronaut())
     Image.fromarray(face).save(out / "astronaut.png", optimize=True)
-    espeak(SPEECH, out / "speech.wav")
+    espeak(SPEECH, out / "speech.wav", sample_rate=16000)
     speech = load_audio(out / "speech.wav", sr=16000)
     write_video(out / "driving.mp4", moving_face_frames(face, 2.0), fps=24, audio=speech, sample_rate=16000, crf=28)
     pose = load_preset("nod")

@@ -4,8 +4,8 @@ and start Prefect and Ray only when there is work. Imports neither at module lev
 from __future__ import annotations
 
 import contextvars
-import itertools
 import importlib
+import itertools
 import time
 from typing import Any, Optional, Sequence
 

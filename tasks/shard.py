@@ -17,16 +17,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import tasks.pool  # noqa: F401 - sets Ray's environment defaults before anything imports ray
-
 from prefect import get_run_logger, task
 from prefect.futures import as_completed
 from prefect.runtime import flow_run, task_run
 from prefect.utilities.annotations import quote
 
+import tasks.pool  # noqa: F401 - sets Ray's environment defaults before anything imports ray
 from facepose import storage
 from facepose.batch import JobKind, get_kind
-from facepose.batch.plan import Plan, plan_run
+from facepose.batch.plan import plan_run
 from facepose.batch.results import Claims, iter_shards, write_part
 from facepose.batch.summary import finish, record_plan
 from facepose.config import load_config

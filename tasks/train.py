@@ -10,12 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-import tasks.pool  # noqa: F401 - Ray's environment defaults before anything imports ray
-
 import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
+import tasks.pool  # noqa: F401 - Ray's environment defaults before anything imports ray
 from facepose import storage
 from facepose.train.config import TrainConfig, threads_per_worker, train_config_from_dict
 from tasks.common import STORAGE_RETRIES
@@ -84,10 +83,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def check_inputs(cfg: TrainConfig, run_uri: str) -> dict[str, Any]:
     """Before any worker starts: the dataset has usable clips and ``resume_from: latest`` names a
     checkpoint. -> {"clips": [ClipEntry], "resume_from": uri or None}."""
+    from facepose.errors import InputError
     from facepose.train.dataset import read_clips
     from facepose.train.step import latest_checkpoint_uri
-
-    from facepose.errors import InputError
 
     window = cfg.data.num_frames + cfg.data.motion_frames + 1 if cfg.kind == "diffusion" else 8
     clips = read_clips(cfg.data.dataset, min_frames=window)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def upload(page, elem_id: str, path: Path) -> None:
     field = page.locator(f"#{elem_id} input[type=file]")
     try:
         field.wait_for(state="attached", timeout=3_000)
-    except Exception:  # a file is shown there
+    except Exception:  # a file is shown there  # noqa: BLE001
         page.locator(f"#{elem_id} button[aria-label='Clear']").first.click()
         field.wait_for(state="attached")
     field.set_input_files(str(path))
@@ -105,7 +105,7 @@ def wait_text(page, elem_id: str, text: str, timeout: float = 30_000) -> str:
             "([id, text]) => (document.getElementById(id)?.innerText || '').toLowerCase().includes(text.toLowerCase())",
             arg=[elem_id, text], timeout=timeout,
         )
-    except Exception:
+    except Exception:  # noqa: BLE001 - a screenshot of the page, then the error again
         shot(page, f"timeout-{elem_id}")
         raise AssertionError(f"#{elem_id} never showed {text!r}; it shows {page.locator('#' + elem_id).inner_text()!r}") from None
     return page.locator(f"#{elem_id}").inner_text()

@@ -151,7 +151,7 @@ def test_pose_preview_from_speech_is_as_long_as_the_speech_and_carries_it(astron
 
 def test_pose_preview_from_a_driving_video_follows_its_length(astronaut_png, tmp_path, ws, cfg):
     from facepose.media.video import probe_video
-    from tests.synth import driving_video, write_driving_video
+    from tests.support.synth import driving_video, write_driving_video
 
     clip = write_driving_video(str(tmp_path / "drive.mp4"), driving_video(n_frames=36))
     assert h.source_seconds(clip, "video") == pytest.approx(1.5, abs=0.05)
@@ -293,7 +293,7 @@ def test_launch_serves_the_app_with_its_limits_and_one_render_at_a_time(tmp_path
     from dataclasses import replace
 
     from facepose.app import launch
-    from tests.conftest import free_port
+    from tests.support.net import free_port
 
     small = replace(cfg, app=AppConfig(max_upload_mb=5, work_dir=str(tmp_path / "ws")))
     demo = launch("127.0.0.1", free_port(), small, block=False, quiet=True)
@@ -338,7 +338,7 @@ def test_a_damaged_video_is_named_with_the_fix(tmp_path):
 
 def test_an_abandoned_render_is_cancelled_and_frees_its_renderer(astronaut_png, ws, cfg):
     pool = h.RendererPool(cfg)
-    work = lambda **kw: h.generate_video(str(astronaut_png), "preset:lively_talk", "preset", 8.0, "warp", 0, cfg, ws,
+    work = lambda **kw: h.generate_video(str(astronaut_png), "preset:lively_talk", "preset", 8.0, "warp", 0, cfg, ws,  # noqa: E731
                                          pool, **kw)
     task = h.RenderTask(work, abandon_s=0.5).start()
     while task.frames[0] < 3 and not task.done.is_set():  # the page watches for a while ...

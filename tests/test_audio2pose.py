@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from facepose.errors import FaceposeError, MediaError, ModelNotFoundError
 from facepose import face_layout as layout
+from facepose.errors import FaceposeError, MediaError, ModelNotFoundError
 from facepose.pose import face_model as fm
 from facepose.pose.audio2pose import Audio2PoseConfig, audio_features, audio_to_pose
 from facepose.pose.sequence import PoseSequence
 from facepose.timeline import SAMPLE_RATE as SR
-
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,7 @@ def test_speech_drives_the_mouth_and_pauses_close_it(speech_wav, reference):
     assert mouth[~pause].mean() > 0.1  # and it does open while speaking
     assert pose.meta["audio"] == str(speech_wav) and pose.meta["audio2pose"] == "signal"
     # Prosody moves the head a little, never wildly.
-    assert 0.5 < np.ptp(pose.head_pose[:, 0]) + np.ptp(pose.head_pose[:, 1]) and np.abs(pose.head_pose).max() < 8.5
+    assert np.ptp(pose.head_pose[:, 0]) + np.ptp(pose.head_pose[:, 1]) > 0.5 and np.abs(pose.head_pose).max() < 8.5
 
 
 def test_silence_gives_a_closed_calm_mouth(reference):
@@ -158,10 +157,10 @@ def write_curated(prefix, clips, features: str | None = None) -> str:
 def train_locally(tmp_path, dataset: str, *overrides: str) -> tuple[str, list]:
     """``facepose train audio2pose`` 's own loop (facepose.train.step.fit with the Audio2Pose task) in this
     process -> (the last checkpoint's audio2pose folder, the metric rows)."""
+    import torch
+
     from facepose.train.config import load_train_config
     from facepose.train.step import AUDIO2POSE_DIR, LocalSession, fit
-
-    import torch
 
     cfg = load_train_config(["audio2pose"], [f"data.dataset={dataset}", *overrides])
     session = LocalSession(tmp_path / "run")

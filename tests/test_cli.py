@@ -10,30 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
-
-
-def facepose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "facepose.cli", *args], capture_output=True, text=True, timeout=300,
-        env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parents[1],
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *names: str) -> None:
-    assert result.returncode != 0
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    errors = [l for l in lines if l.startswith("error: ")]
-    # One error line, last (retry warnings may come before it), and never a traceback.
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    for name in names:
-        assert name in errors[0], (name, errors[0])
+from tests.support.cli import assert_one_line_error, facepose
+from tests.support.net import free_port
 
 
 @pytest.fixture(scope="module")
 def driving_mp4(tmp_path_factory) -> Path:
-    from tests.synth import driving_video, write_driving_video
+    from tests.support.synth import driving_video, write_driving_video
 
     path = tmp_path_factory.mktemp("cli") / "driver.mp4"
     write_driving_video(str(path), driving_video(n_frames=36))
@@ -154,7 +137,7 @@ def test_retries_of_an_unreachable_endpoint_log_one_short_line_each(tmp_path):
     dead = f"127.0.0.1:{free_port()}"
     r = facepose("-s", "storage.retries=3", "-s", "storage.backoff_s=0.01", "face", "crop", "s3://bucket/ref.png",
                  "-o", str(tmp_path / "c.png"), env={"MINIO_ENDPOINT": dead, "COLUMNS": "80"})
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 4, r.stderr  # three retries and the error, nothing wrapped
     for k, line in enumerate(lines[:3], 1):
         assert line.startswith("WARNING facepose.storage: s3://bucket/ref.png: cannot reach S3 endpoint") and f"({k}/3)" in line
@@ -196,7 +179,7 @@ def test_pose_show_and_config_print_json(driving_mp4, tmp_path):
 def test_face_crop_finds_the_small_face_of_a_12mp_phone_photo(astronaut, tmp_path):
     from PIL import Image
 
-    from tests.synth import phone_photo
+    from tests.support.synth import phone_photo
 
     photo, _ = phone_photo(astronaut)
     exif = Image.Exif()

@@ -10,8 +10,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import free_port
-from tests.test_cli import assert_one_line_error, facepose
+from tests.support.cli import assert_one_line_error, facepose
+from tests.support.net import free_port
 
 
 @pytest.fixture()
@@ -69,7 +69,7 @@ def test_manifests_that_cannot_be_read_exit_2_with_one_line(folder, s3):
 
 def test_excel_manifests_windows_1252_and_semicolons_plan_in_a_dry_run(folder):
     shutil.copy(folder / "ref.png", folder / "réf.png")
-    (folder / "excel.csv").write_bytes("job_id;reference;driver;seconds\ncafé;réf.png;preset:nod;1\n课程;ref.png;preset:smile;1\n".encode("utf-8"))
+    (folder / "excel.csv").write_bytes("job_id;reference;driver;seconds\ncafé;réf.png;preset:nod;1\n课程;ref.png;preset:smile;1\n".encode())
     result = facepose("render-batch", str(folder / "excel.csv"), "-o", str(folder / "out"), "--dry-run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "to_run" in result.stdout and "│ 2 " in result.stdout.split("to_run")[1].splitlines()[0]

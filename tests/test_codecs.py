@@ -16,8 +16,7 @@ from facepose.errors import MediaError
 from facepose.media.audio import audio_duration, load_audio
 from facepose.media.video import iter_frames, probe_video, read_frames
 from facepose.timeline import FPS
-from tests.fixtures_batch import moving_face_frames
-
+from tests.support.synth import moving_face_frames
 
 
 def encode(path: Path, frames: np.ndarray, codec: str = "libx264", gop: int = 0, rotation: float = 0.0) -> Path:
@@ -137,7 +136,7 @@ def test_curation_decodes_once_and_rereads_only_a_shot_longer_than_its_buffer(tm
     import facepose.media.video as mv
     from facepose.curate import Curator
     from facepose.manifest import CurateJob
-    from tests.fixtures_batch import write_face_video
+    from tests.support.synth import write_face_video
 
     video = write_face_video(tmp_path / "v.mp4", astronaut, seconds=2.0)
     reads: list[dict] = []

@@ -18,9 +18,7 @@ from facepose.manifest import CurateJob
 from facepose.media.video import probe_video, write_video
 from facepose.pose.sequence import PoseSequence
 from facepose.timeline import FPS
-from tests.fixtures_batch import moving_face_frames, path_at, scenery_frames, speech_16k, write_face_video  # noqa: F401
-from tests.synth import shot_clip
-
+from tests.support.synth import moving_face_frames, path_at, scenery_frames, shot_clip, write_face_video
 
 
 @pytest.fixture(scope="module")

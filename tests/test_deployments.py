@@ -17,10 +17,10 @@ import pytest
 
 from facepose import manifest as mf
 from facepose import storage
-from tests.conftest import free_port
-from tests.fixtures_batch import ROOT, ray_local  # noqa: F401
+from tests.support import ROOT
+from tests.support.net import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def _prefect(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -36,7 +36,7 @@ def _wait_for(condition, timeout_s: float, what: str, logs: Path) -> None:
         time.sleep(0.5)
 
 
-def test_render_deployments_run_through_a_real_server_and_worker(s3, s3_server, astronaut_png, tmp_path, ray_local):  # noqa: F811
+def test_render_deployments_run_through_a_real_server_and_worker(s3, s3_server, astronaut_png, tmp_path, ray_local):
     import urllib.request
 
     port = free_port()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from facepose.errors import InputError, ModelNotFoundError
 from facepose.render.diffusion.attention import (
@@ -19,42 +18,7 @@ from facepose.render.diffusion.attention import (
 from facepose.render.diffusion.build import build_pipeline
 from facepose.render.diffusion.checkpoint import load_pipeline, save_pipeline
 from facepose.render.diffusion.motion import FrameGroupNorm, set_temporal_norm
-
-SIZE = 64  # tiny.yaml
-
-
-# -- inputs ------------------------------------------------------------------------------------------
-def reference_image(photo: np.ndarray, size: int = SIZE) -> np.ndarray:
-    """The astronaut's face, cropped square and resized: (size, size, 3) uint8."""
-    return np.asarray(Image.fromarray(photo[20:260, 100:340]).resize((size, size), Image.BICUBIC))
-
-
-def face_points(t: float, size: int = SIZE) -> np.ndarray:
-    """68 points on an oval face whose jaw opens and head turns with t: (68, 2) pixels."""
-    a = np.linspace(0, 2 * np.pi, 68, endpoint=False)
-    cx, cy = size * (0.5 + 0.08 * np.sin(t)), size * 0.5
-    rx, ry = size * 0.25, size * (0.3 + 0.04 * np.sin(2 * t))
-    return np.stack([cx + rx * np.cos(a), cy + ry * np.sin(a)], axis=1).astype(np.float32)
-
-
-def pose_images(n: int, size: int = SIZE, phase: float = 0.0) -> np.ndarray:
-    """(n, size, size, 3) uint8: white 3x3 dots at face_points on black, as a drawn pose."""
-    out = np.zeros((n, size, size, 3), np.uint8)
-    for i in range(n):
-        for x, y in face_points(phase + i * 0.3, size).astype(int):
-            out[i, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = 255
-    return out
-
-
-def face_masks(n: int, size: int = SIZE) -> np.ndarray:
-    out = np.zeros((n, size, size), np.uint8)
-    out[:, size // 8: -size // 8, size // 6: -size // 6] = 255
-    return out
-
-
-def render(pipe, ref, pose, masks=None, seed: int = 0, steps: int = 2, **kw) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    return pipe(ref, pose, masks, num_inference_steps=steps, generator=gen, **kw).frames
+from tests.support.diffusion import SIZE, face_masks, face_points, pose_images, reference_image, render
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -336,8 +300,8 @@ def test_no_checkpoint_configured_says_what_to_download_and_where():
 # -- the renderer end to end (face crop and pose drawing from facepose.face / facepose.pose) -------------
 def test_renderer_streams_one_frame_per_pose_frame(pipe, astronaut):
     from facepose.pose.sequence import PoseSequence
-    from facepose.render.diffusion.renderer import build_diffusion_renderer
     from facepose.render.diffusion.config import ModelConfig
+    from facepose.render.diffusion.renderer import build_diffusion_renderer
 
     renderer = build_diffusion_renderer(None, pipeline=pipe, model=ModelConfig(steps=2))
     landmarks = np.stack([face_points(i * 0.3, 512) for i in range(30)])  # a 512x512 canvas

@@ -27,7 +27,8 @@ from facepose.render.diffusion.checkpoint import (
     moore_to_diffusers_key,
 )
 from facepose.render.diffusion.config import ModelConfig, load_arch
-from tests.test_diffusion import face_masks, pose_images, reference_image, render
+from tests.support.diffusion import face_masks, pose_images, reference_image, render, write_moore_layout
+
 
 def _reference_dir() -> Path:
     """The measured key lists: $FACEPOSE_MOORE_REFERENCE, tests/data/moore-animateanyone (a vendored copy),
@@ -53,23 +54,6 @@ def one_thread():
 
 def released(name: str) -> dict:
     return json.loads((REFERENCE / name).read_text())
-
-
-def write_moore_layout(pipe, root: Path, unet_config: dict) -> None:
-    """Write ``pipe`` as Moore-AnimateAnyone's pretrained_weights/ folder, under their key names."""
-    root.mkdir(parents=True)
-    ref = {k: v.clone() for k, v in pipe.reference_unet.state_dict().items() if k not in REFERENCE_OPTIONAL}
-    ref["conv_in.weight"] = ref["conv_in.weight"][:, :4].clone()  # released: no motion-frame channels
-    den = pipe.denoising_unet.state_dict()
-    torch.save(ref, root / "reference_unet.pth")
-    torch.save({k: v.clone() for k, v in den.items() if ".motion_modules." not in k}, root / "denoising_unet.pth")
-    torch.save({mk: v.clone() for k, v in den.items() if ".motion_modules." in k for mk in diffusers_to_moore_keys(k)},
-               root / "motion_module.pth")
-    torch.save({k: v.clone() for k, v in pipe.pose_guider.state_dict().items()}, root / "pose_guider.pth")
-    (root / "stable-diffusion-v1-5" / "unet").mkdir(parents=True)
-    (root / "stable-diffusion-v1-5" / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", **unet_config}))
-    pipe.vae.save_pretrained(root / "sd-vae-ft-mse")
-    pipe.image_encoder.save_pretrained(root / "image_encoder")
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ from facepose.render.diffusion.build import build_pipeline
 from facepose.render.diffusion.checkpoint import load_moore_animateanyone
 from facepose.render.diffusion.config import ModelConfig, check_model_config, load_arch
 from facepose.render.diffusion.pipeline import average_windows, context_windows
-from tests.test_diffusion import SIZE, face_masks, face_points, pose_images, reference_image, render
-from tests.test_diffusion_checkpoint import write_moore_layout
+from tests.support.diffusion import SIZE, face_masks, face_points, pose_images, reference_image, render, write_moore_layout
 
 LOGGER = "facepose.render.diffusion.pipeline"
 

@@ -40,9 +40,9 @@ from facepose.face.dwpose import (
 
 # -- COCO-WholeBody layout --------------------------------------------------------------------------
 def test_face_points_are_wholebody_keypoints_23_to_90():
-    assert FACE_SLICE == slice(23, 91)  # 17 body + 6 feet before them, 2 x 21 hand points after
+    assert slice(23, 91) == FACE_SLICE  # 17 body + 6 feet before them, 2 x 21 hand points after
     assert len(range(133)[FACE_SLICE]) == 68
-    assert 17 + 6 + 68 + 21 + 21 == dwpose.N_WHOLEBODY
+    assert dwpose.N_WHOLEBODY == 17 + 6 + 68 + 21 + 21
 
 
 # -- top-down crop ----------------------------------------------------------------------------------

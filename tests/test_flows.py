@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,10 @@ from facepose import manifest as mf
 from facepose import storage
 from facepose.config import StorageConfig
 from facepose.media.video import probe_video, write_video
-from tests.conftest import free_port
-from tests.fixtures_batch import ROOT, make_examples, prefect_harness, ray_local, scenery_frames, speech_16k, write_face_video  # noqa: F401
-
-pytestmark = pytest.mark.usefixtures("prefect_harness", "ray_local")
+from tests.support import ROOT
+from tests.support.net import free_port
+from tests.support.speech import espeak
+from tests.support.synth import scenery_frames, write_face_video
 
 FAST = ["render.workers=2", "render.shard_size=2", "storage.backoff_s=0.2", "batch.lease_s=3"]
 
@@ -48,7 +49,7 @@ def inputs(s3_server, tmp_path_factory, astronaut, astronaut_png, speech_16k):
 
     tmp = tmp_path_factory.mktemp("flow-inputs")
     bucket = s3_server.bucket("flows-in")
-    make_examples.espeak("Good morning. This is a test.", tmp / "speech.wav")
+    espeak("Good morning. This is a test.", tmp / "speech.wav", sample_rate=16000)
     write_face_video(tmp / "driving.mp4", astronaut, seconds=1.0, audio=speech_16k)
     load_preset("nod").slice(0, 24).save(str(tmp / "pose.parquet"))
     Image.fromarray(data.coffee()).save(tmp / "coffee.png")
@@ -89,7 +90,8 @@ def _preset_jobs(inputs, n: int, seconds: float = 1.0) -> list[dict]:
 
 
 # -- rendering --------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.prefect
 def test_render_manifest_of_every_pose_source_end_to_end_on_s3(s3, s3_server, inputs, tmp_path):
     from flows.render import run_render_batch
 
@@ -159,7 +161,8 @@ def _slower_pose() -> bytes:
     return load_preset("nod").slice(0, 12).to_parquet_bytes()
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.prefect
 def test_bad_rows_fail_alone_with_clear_errors(s3, s3_server, inputs):
     from flows.render import run_render_batch
 
@@ -214,7 +217,8 @@ def _api_url() -> str:
     return str(get_current_settings().api.url)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.prefect
 def test_a_render_killed_midway_resumes_and_each_job_ends_ok_once(s3, s3_server, inputs, tmp_path):
     from flows.render import run_render_batch
 
@@ -261,7 +265,8 @@ def test_a_render_killed_midway_resumes_and_each_job_ends_ok_once(s3, s3_server,
         assert _frames(s3_server, f"{s3}/{key}", tmp_path) == 24, key
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.prefect
 def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_server, inputs, tmp_path, monkeypatch):
     from moto.server import ThreadedMotoServer
 
@@ -278,6 +283,17 @@ def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_ser
     mf.write_rows(manifest, jobs)
     out = f"{s3}/renders"
     outage = {"down": None, "up": None}
+    started = datetime.now(UTC)
+
+    def a_shard_awaits_its_retry() -> bool:
+        """A render-shard task of this run failed on the dead endpoint and Prefect scheduled its retry."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(like_="render-shard"), start_time=TaskRunFilterStartTime(after_=started)))
+        return any(r.state_name in ("AwaitingRetry", "Retrying") or r.run_count > 1 for r in runs)
 
     def take_down_then_restore() -> None:
         nonlocal flaky
@@ -286,7 +302,8 @@ def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_ser
             time.sleep(0.05)
         flaky.stop()
         outage["down"] = time.time()
-        time.sleep(4.0)
+        while time.time() < deadline and not a_shard_awaits_its_retry():  # down until the run has felt it
+            time.sleep(0.1)
         flaky = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         flaky.start()
         outage["up"] = time.time()
@@ -316,7 +333,8 @@ def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_ser
         assert _frames(s3_server, f"{out}/{job['job_id']}.mp4", tmp_path) == 24
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.prefect
 def test_two_runs_on_one_prefix_at_once_run_each_job_once_and_keep_every_row(s3, s3_server, inputs, tmp_path):
     from flows.render import run_render_batch
 
@@ -365,6 +383,7 @@ class _Fragile:
         return [{"job_id": rows[0]["job_id"], "status": "ok", "pid": os.getpid()}]
 
 
+@pytest.mark.ray
 def test_an_actor_dying_fails_only_the_row_it_was_on():
     from tasks.pool import ActorPool
 
@@ -383,7 +402,8 @@ def test_an_actor_dying_fails_only_the_row_it_was_on():
 
 
 # -- curation ---------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.prefect
 def test_curate_real_face_videos_with_speech_on_s3(s3, s3_server, astronaut, speech_16k, tmp_path):
     from flows.curate import run_curate
 
@@ -391,7 +411,7 @@ def test_curate_real_face_videos_with_speech_on_s3(s3, s3_server, astronaut, spe
     for i, seconds in enumerate((1.25, 1.5, 1.25)):
         path = tmp_path / f"v{i}.mp4"
         if i == 1:  # a shot cut to scenery without a face: one clip kept, one dropped
-            from tests.fixtures_batch import moving_face_frames
+            from tests.support.synth import moving_face_frames
 
             frames = list(moving_face_frames(astronaut, seconds)) + scenery_frames(1.0)
             n = len(frames)
@@ -429,7 +449,8 @@ def test_curate_real_face_videos_with_speech_on_s3(s3, s3_server, astronaut, spe
     assert (again["skipped"], again["ok"], again["frames"]) == (3, 0, 0)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.prefect
 def test_curate_reruns_a_failed_video_only_with_retry_failed(s3, s3_server, astronaut, tmp_path):
     from flows.curate import run_curate
 
@@ -449,7 +470,8 @@ def test_curate_reruns_a_failed_video_only_with_retry_failed(s3, s3_server, astr
 
 
 # -- scheduled bulk generation and deployments ----------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.prefect
 def test_scheduled_flow_renders_each_new_manifest_once(s3, s3_server, inputs):
     from flows.render import render_new_manifests
 

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from facepose.errors import FaceposeError, InputError, NoFaceError
 from facepose import face_layout as layout
+from facepose.errors import FaceposeError, InputError, NoFaceError
 from facepose.pose.presets import load_preset
 from facepose.pose.retarget import decompose
-from facepose.pose.source import fill_lost, from_source, source_kind
 from facepose.pose.sequence import PoseSequence
+from facepose.pose.source import fill_lost, from_source, source_kind
+from tests.support.synth import FACE_CENTRE
 
-FACE = (221.0, 122.0)  # the astronaut's face centre in the photo
+FACE = FACE_CENTRE  # the astronaut's face centre in the photo (measured there)
 W, H = 640, 360  # a landscape driving video
 N = 48  # 2 s at 24 fps
 ROLL = 8.0 * np.sin(2 * np.pi * np.arange(N) / 48.0)  # the known head roll path, degrees (clockwise +)

@@ -5,6 +5,7 @@ and other languages with their own voices and burnt-in captions."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from facepose.config import Config, TTSConfig
 from facepose.lesson import _font, caption_paths, read_script, script_of, wrap
 from facepose.media.audio import load_audio
 from facepose.render.job import render_video
-from facepose.timeline import FPS, SAMPLE_RATE as SR, frames_for_seconds
+from facepose.timeline import FPS, frames_for_seconds
+from facepose.timeline import SAMPLE_RATE as SR
 
 # Two paragraphs, no commas inside sentences, so every silence of 0.25 s or more on the audio is a
 # sentence boundary (the synthesiser's own short pauses inside a sentence are shorter).
@@ -92,7 +94,7 @@ def test_subtitle_cues_start_at_each_sentence_onset_on_the_video_audio(english_l
     vtt, srt_path = caption_paths(str(out))
     assert set(result.captions) == {vtt, srt_path}
     vtt_cues = [(c.start_time.in_milliseconds() / 1000, c.text) for c in webvtt.read(vtt)]
-    srt_cues = [(s.start.total_seconds(), s.content) for s in srt.parse(open(srt_path, encoding="utf-8").read())]
+    srt_cues = [(s.start.total_seconds(), s.content) for s in srt.parse(Path(srt_path).read_text(encoding="utf-8"))]
     assert [t for _, t in vtt_cues] == SENTENCES == [t for _, t in srt_cues]
     onsets = [a for a, _ in speech_segments(load_audio(str(out), sr=SR))]
     assert len(onsets) == len(SENTENCES), onsets
@@ -196,7 +198,7 @@ def test_arabic_is_shaped_and_right_to_left_without_raqm(monkeypatch):
 
 
 def test_cli_renders_a_spanish_lesson_and_names_a_bad_language(astronaut_png, tmp_path):
-    from tests.test_cli import assert_one_line_error, facepose
+    from tests.support.cli import assert_one_line_error, facepose
 
     out = tmp_path / "hola.mp4"
     env = {"FACEPOSE_PROGRESS": "0"}

@@ -8,9 +8,7 @@ import csv
 
 import pytest
 
-from tests.fixtures_batch import prefect_harness, ray_local  # noqa: F401
-
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "ray_local")]
+pytestmark = [pytest.mark.prefect, pytest.mark.ray]
 
 SCRIPTS = ["Welcome back.", "Two plus two is four.", "Water boils at one hundred degrees.", "Cats can sleep all day.",
            "Read one page tonight.", "Plants need light.", "The sun is a star.", "Practice makes progress.",

@@ -204,10 +204,9 @@ def test_video_writer_streams_frames_and_publishes_only_on_success(tmp_path):
     assert w.frames == 10 and len(read_frames(target)) == 10
 
     failed = tmp_path / "out" / "failed.mp4"
-    with pytest.raises(RuntimeError):
-        with VideoWriter(failed) as w:
-            w.write(counter_frames(1)[0])
-            raise RuntimeError("renderer crashed")
+    with pytest.raises(RuntimeError), VideoWriter(failed) as w:
+        w.write(counter_frames(1)[0])
+        raise RuntimeError("renderer crashed")
     assert not failed.exists()
     assert sorted(p.name for p in target.parent.iterdir()) == ["streamed.mp4"], "no temporary files left behind"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from facepose import face_layout as layout
 from facepose.config import PoseAdjustConfig, load_config
 from facepose.errors import InputError
-from facepose import face_layout as layout
 from facepose.pose import face_model as fm
 from facepose.pose.adjust import adjust_pose, blink_curve
 from facepose.pose.presets import load_preset

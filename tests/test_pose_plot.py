@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from facepose import storage
 from facepose import face_layout as layout
+from facepose import storage
 from facepose.pose.plot import plot_pose, pose_curves
 from facepose.pose.presets import load_preset
 from facepose.pose.sequence import PoseSequence

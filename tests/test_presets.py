@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facepose.errors import InputError
 from facepose import face_layout as layout
+from facepose.errors import InputError
 from facepose.pose import face_model as fm
 from facepose.pose import presets
 

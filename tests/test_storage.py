@@ -20,19 +20,17 @@ def test_local_write_is_atomic_and_round_trips(tmp_path):
     assert storage.read_bytes(str(target)) == b"hello"
     assert storage.read_bytes(f"file://{target}") == b"hello"
     # A failing writer leaves neither a partial file nor a temporary one behind.
-    with pytest.raises(RuntimeError):
-        with storage.atomic_local_write(tmp_path / "a" / "c.bin") as f:
-            f.write(b"partial")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), storage.atomic_local_write(tmp_path / "a" / "c.bin") as f:
+        f.write(b"partial")
+        raise RuntimeError("boom")
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b.bin"]
 
 
 def test_local_writer_publishes_only_on_success(tmp_path):
     dst = tmp_path / "v.mp4"
-    with pytest.raises(ValueError):
-        with storage.writer(str(dst)) as p:
-            p.write_bytes(b"half")
-            raise ValueError("encoder died")
+    with pytest.raises(ValueError), storage.writer(str(dst)) as p:
+        p.write_bytes(b"half")
+        raise ValueError("encoder died")
     assert not dst.exists() and list(tmp_path.iterdir()) == []
     with storage.writer(str(dst)) as p:
         p.write_bytes(b"whole")
@@ -126,10 +124,9 @@ def test_s3_listing_of_thousands_of_keys(s3, s3_server):
 
 def test_s3_writer_publishes_only_on_success(s3):
     uri = f"{s3}/videos/out.mp4"
-    with pytest.raises(RuntimeError):
-        with storage.writer(uri) as p:
-            p.write_bytes(b"half a video")
-            raise RuntimeError("encoder died")
+    with pytest.raises(RuntimeError), storage.writer(uri) as p:
+        p.write_bytes(b"half a video")
+        raise RuntimeError("encoder died")
     assert not storage.exists(uri)
     with storage.writer(uri) as p:
         p.write_bytes(b"a whole video")
@@ -137,7 +134,7 @@ def test_s3_writer_publishes_only_on_success(s3):
 
 
 def test_unreachable_endpoint_is_a_clear_storage_error(monkeypatch):
-    from tests.conftest import free_port
+    from tests.support.net import free_port
 
     port = free_port()  # nothing listens here
     monkeypatch.setenv("MINIO_ENDPOINT", f"127.0.0.1:{port}")

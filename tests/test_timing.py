@@ -15,9 +15,9 @@ import pytest
 from facepose.config import Config
 from facepose.media.audio import fit_track, load_audio, to_video_timeline
 from facepose.media.video import probe_video, read_frames
-from facepose.timeline import FPS, SAMPLE_RATE as SR
-from tests.fixtures_batch import moving_face_frames
-
+from facepose.timeline import FPS
+from facepose.timeline import SAMPLE_RATE as SR
+from tests.support.synth import moving_face_frames
 
 
 def write_av(path: Path, frames: np.ndarray, audio: Optional[np.ndarray], video_start: float = 0.0, audio_start: float = 0.0) -> Path:
@@ -159,9 +159,10 @@ def test_a_short_track_gives_silence_and_a_looped_driver_loops_sound_with_frames
 
 # -- curation -------------------------------------------------------------------------------------
 def test_curated_clip_of_a_late_video_has_its_sound_in_sync(tmp_path, late_video, speech):
+    import pyarrow.parquet as pq
+
     from facepose.curate import Curator
     from facepose.manifest import CurateJob
-    import pyarrow.parquet as pq
 
     outcome = Curator(Config())(CurateJob("late", str(late_video)), str(tmp_path / "ds"))
     assert outcome.result["status"] == "ok", outcome.result["error"]

@@ -1,5 +1,5 @@
 """Video tracking and smoothing, on driving videos made by moving a real face along a known path
-(tests/synth.py), encoded to H.264 and decoded again as a user's video would be."""
+(tests/support/synth.py), encoded to H.264 and decoded again as a user's video would be."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from facepose.config import FaceConfig, SmoothingConfig
 from facepose.errors import NoFaceError
 from facepose.face import FaceDetector, FaceTracker, LandmarkPredictor, track_video
 from facepose.pose.smooth import OneEuroFilter, smooth_landmarks
-from tests.synth import astronaut, driving_video, write_driving_video
+from tests.support.synth import astronaut, driving_video, write_driving_video
 
 N = 72  # 3 s at 24 fps
 

@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from facepose import curate as cu
 from facepose import storage
 from facepose.errors import InputError
 from facepose.pose.sequence import PoseSequence
@@ -27,32 +26,7 @@ from facepose.train.dataset import (
     read_clips,
     resize_images,
 )
-from tests.fixtures_batch import speech_16k, write_face_video  # noqa: F401
-
-CLIP_SIZE = 128  # curated crop side: small keeps the tests fast
-
-
-def curate_dataset(out: str | Path, workdir: Path, astronaut: np.ndarray, speech: np.ndarray, videos: tuple[str, ...] = ("a", "b")) -> str:
-    """Curate tiny talking-face videos (1.5-2 s, with speech) into ``out`` with facepose.curate."""
-    from facepose.config import load_config
-    from facepose.manifest import CurateJob
-
-    curator = cu.Curator(load_config([f"curate.clip_size={CLIP_SIZE}"]))
-    for i, vid in enumerate(videos):
-        seconds = 1.5 + 0.5 * (i % 2)
-        video = write_face_video(workdir / f"{vid}.mp4", astronaut, seconds=seconds, audio=speech[i * 4000:], amplitude=0.05 + 0.02 * i)
-        result = curator(CurateJob(vid, video), str(out)).result
-        assert result["status"] == "ok" and result["kept"] == 1, result
-    return str(out)
-
-
-def corrupt_clip(prefix: str, video_id: str) -> str:
-    """Cut a curated clip's mp4 short (as an interrupted upload leaves it) -> its clip id."""
-    clip_id = f"{video_id}_0000"
-    uri = cu.clip_uri(prefix, video_id, clip_id)
-    data = storage.read_bytes(uri)
-    storage.write_bytes(uri, data[: len(data) // 3])
-    return clip_id
+from tests.support.datasets import CLIP_SIZE, corrupt_clip, curate_dataset
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +55,7 @@ def test_a_sample_holds_targets_motion_frames_reference_pose_and_mask(dataset):
     assert s["reference_values"].shape == (3, 64, 64) and s["clip_reference"].shape == (3, 32, 32)
     assert s["pose"].shape == (3, 3, 64, 64) and s["mask"].shape == (1, 64, 64)
     for key in ("pixel_values", "motion_values", "reference_values"):
-        assert -1 <= s[key].min() and s[key].max() <= 1
+        assert s[key].min() >= -1 and s[key].max() <= 1
     # the targets, the motion frames before them and the reference are those frames of the clip
     frames = resize_images(whole_clip(ds.clips[1].uri), 64) * 2 - 1
     start, ref = s["start"], s["reference_index"]
@@ -110,7 +84,7 @@ def test_clip_input_is_normalised_like_the_pipeline(astronaut):
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
     assert x.shape == (3, 224, 224)
     back = x * std + mean
-    assert 0 <= back.min() and back.max() <= 1
+    assert back.min() >= 0 and back.max() <= 1
     assert abs(float(back.mean()) - astronaut.mean() / 255) < 0.02
 
 
@@ -137,7 +111,7 @@ def test_windows_keep_the_reference_away_from_the_targets():
         for _ in range(200):
             start, ref = pick_window(frames, n, m, margin, rng)
             first, last = start - m, start + n - 1
-            assert 0 <= first and last < frames and 0 <= ref < frames
+            assert first >= 0 and last < frames and 0 <= ref < frames
             assert not first <= ref <= last  # never a frame of the window
             room = max(first - margin, 0) + max(frames - 1 - last - margin, 0)
             if frames >= n + m + 2 * margin + 1 and room:

@@ -10,22 +10,22 @@ import os
 # so set here, at collection, before the session's Ray (docs/environment.md, "Ray Train").
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
 
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
 
-from facepose import curate as cu  # noqa: E402
-from facepose import storage  # noqa: E402
-from facepose.errors import InputError, StorageError  # noqa: E402
-from facepose.pose.sequence import PoseSequence  # noqa: E402
-from facepose.train.step import read_state  # noqa: E402
-from tests.fixtures_batch import prefect_harness, ray_local, speech_16k, write_face_video  # noqa: E402,F401
-from tests.test_train_dataset import CLIP_SIZE, corrupt_clip, curate_dataset  # noqa: E402
+from facepose import curate as cu
+from facepose import storage
+from facepose.errors import InputError, StorageError
+from facepose.pose.sequence import PoseSequence
+from facepose.train.step import read_state
+from tests.support.datasets import CLIP_SIZE, corrupt_clip, curate_dataset
+from tests.support.synth import write_face_video
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness", "ray_local")]
+pytestmark = [pytest.mark.prefect, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_stage1_on_two_workers_learns_checkpoints_to_s3_and_the_checkpoint_rende
     prefix = upload_dataset(dataset, f"{s3}/datasets/tiny")
     video = write_face_video(tmp_path / "c.mp4", astronaut, seconds=1.5, audio=speech_16k)
     assert cu.Curator(load_config([f"curate.clip_size={CLIP_SIZE}"]))(CurateJob("c", video), prefix).result["status"] == "ok"
-    bad = corrupt_clip(prefix, "c")
+    corrupt_clip(prefix, "c")
 
     seen: list[int] = []
     summary = run_train(

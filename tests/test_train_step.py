@@ -25,8 +25,7 @@ from facepose.train.step import (
     read_state,
     zero_motion_modules,
 )
-from tests.fixtures_batch import speech_16k  # noqa: F401
-from tests.test_train_dataset import curate_dataset
+from tests.support.datasets import curate_dataset
 
 COMPONENTS = ("vae", "image_encoder", "reference_unet", "denoising_unet", "pose_guider", "face_locator")
 

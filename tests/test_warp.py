@@ -16,11 +16,11 @@ from facepose.errors import InputError, NoFaceError
 from facepose.face.crop import face_mask
 from facepose.face.detect import FaceDetector
 from facepose.face.landmarks import LandmarkPredictor
+from facepose.face_layout import BROWS, INNER_LIP, LEFT_EYE, LOWER_INNER, OUTER_LIP, RIGHT_EYE, UPPER_INNER, eye_opening, mouth_aspect_ratio
 from facepose.media.video import probe_video, read_frames, write_video
 from facepose.pose.sequence import PoseSequence
 from facepose.render import get_renderer
 from facepose.render.warp import WarpConfig, WarpRenderer
-from facepose.face_layout import BROWS, INNER_LIP, LEFT_EYE, LOWER_INNER, OUTER_LIP, RIGHT_EYE, UPPER_INNER, eye_opening, mouth_aspect_ratio
 
 T = 48
 MOUTH_PEAK = 12  # frame where the jaw is dropped furthest

@@ -36,7 +36,7 @@ class Spool:
     _encode = json.JSONEncoder(separators=(",", ":")).encode
 
     def __init__(self, rows: Iterable[dict[str, Any]] = ()):
-        self._file = tempfile.TemporaryFile(buffering=1 << 16)  # appends only; reads go through os.pread
+        self._file = tempfile.TemporaryFile(buffering=1 << 16)  # noqa: SIM115 - lives as long as the plan; appends only, reads go through os.pread
         self._n = 0
         for row in rows:
             self.append(row)

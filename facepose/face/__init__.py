@@ -3,8 +3,8 @@
 from facepose.face.crop import FaceCrop, crop_box, crop_face, crop_frames, crop_image, face_mask, to_crop
 from facepose.face.detect import DETECTORS, FaceDetector, models_dir
 from facepose.face.landmarks import LANDMARKS, LandmarkPredictor, get_landmark_model, register_landmarks
-from facepose.face_layout import face_box
 from facepose.face.track import FaceTracker, track_frames, track_video
+from facepose.face_layout import face_box
 
 __all__ = [
     "DETECTORS",

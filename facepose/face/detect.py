@@ -69,14 +69,14 @@ def model_path(filename: str) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hog_model():
     import dlib
 
     return dlib.get_frontal_face_detector()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cnn_model():
     import dlib
 

@@ -112,7 +112,7 @@ def load_session(uri: str, providers: Optional[Sequence[str]] = None) -> Any:
     model: Any = str(storage.parse(uri).path) if not storage.is_remote(uri) else storage.read_bytes(uri)
     try:
         return ort.InferenceSession(model, providers=list(providers))
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types  # noqa: BLE001
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelNotFoundError(
             f"{uri} is not a loadable ONNX model ({msg[:200]}); replace it with the file from DWPose's ONNX release"

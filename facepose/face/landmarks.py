@@ -17,7 +17,6 @@ import numpy as np
 from facepose.config import FaceConfig
 from facepose.errors import InputError
 from facepose.face.detect import SHAPE_PREDICTOR_68, model_path
-
 from facepose.face_layout import N_POINTS  # noqa: F401 - the layout and its measures live in facepose.face_layout
 
 
@@ -59,7 +58,7 @@ def get_landmark_model(cfg: Optional[FaceConfig] = None, name: Optional[str] = N
     return LANDMARKS[name](cfg)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shape_predictor():
     import dlib
 

@@ -561,7 +561,7 @@ class VideoWriter(AbstractContextManager):
         path = self._publish.__enter__()
         try:
             self._container = av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"})
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the publish is abandoned on any failure, then re-raised as MediaError
             self._publish.__exit__(type(exc), exc, exc.__traceback__)
             raise MediaError(f"{self.uri}: cannot open for writing ({_short(exc)})") from None
         return self
@@ -661,7 +661,7 @@ class VideoWriter(AbstractContextManager):
         if container is not None:
             try:
                 container.close()
-            except Exception:  # noqa: BLE001 - the original error matters, this file is thrown away
+            except Exception:
                 log.debug("closing %s after an error failed", self.uri, exc_info=True)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from facepose.timeline import FPS, SAMPLE_RATE, frames_for_samples
+
 N_FFT = 1024  # 64 ms analysis window at 16 kHz
 N_MELS = 80  # log-mel bands (curation's curate.n_mels; a learned model records its own)
 BLOCK_FRAMES = 480  # frames per block: 20 s at 24 fps

@@ -113,7 +113,7 @@ def draw_pose(
     if lines:
         thickness = max(1, int(round(min(width, height) / BASE_SIZE)))
         colour_of = {}
-        for (first, last, closed), colour in zip(CONTOURS, CONTOUR_COLOURS):
+        for (first, last, _closed), colour in zip(CONTOURS, CONTOUR_COLOURS):
             for i in range(first, last + 1):
                 colour_of[i] = colour
         for i, j in contour_edges():

@@ -95,7 +95,6 @@ MEAN_3D: np.ndarray = _build_mean()  # (68, 3) model units
 def _build_bases(mean: np.ndarray) -> np.ndarray:
     """(N_EXPR, 68, 3) expression offsets at amplitude 1."""
     B = np.zeros((N_EXPR, 68, 3))
-    side = np.sign(mean[:, 0])  # -1 on the image-left half, +1 on the image-right half
 
     # jaw_open: the jaw rotates about the ears, so the chin and lower lip drop, the jaw line follows
     # with a weight growing toward the chin, and the lower lip moves slightly back.

@@ -8,8 +8,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-from facepose import storage
 from facepose import face_layout as layout
+from facepose import storage
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
 

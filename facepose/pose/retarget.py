@@ -25,11 +25,11 @@ from typing import Literal, Union
 
 import numpy as np
 
-from facepose.errors import InputError
 from facepose import face_layout as layout
+from facepose.config import RetargetConfig  # noqa: F401  (defined with the other config sections; re-exported)
+from facepose.errors import InputError
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
-from facepose.config import RetargetConfig  # noqa: F401  (defined with the other config sections; re-exported)
 
 Mode = Literal["relative", "absolute"]
 MODES = ("relative", "absolute")

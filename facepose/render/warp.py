@@ -29,13 +29,13 @@ from typing import Any, Iterator, Optional
 import cv2
 import numpy as np
 
+from facepose.config import WarpConfig
 from facepose.errors import InputError
 from facepose.face_layout import is_seen, locator_box
 from facepose.pose.sequence import PoseSequence
 from facepose.render.base import ProgressFn, register_renderer
 from facepose.render.warp_face import EyelidPainter, MouthPainter
 from facepose.render.warp_mesh import MeshWarp, border_anchors, face_points, triangulate
-from facepose.config import WarpConfig
 
 log = logging.getLogger(__name__)
 

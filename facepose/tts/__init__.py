@@ -118,7 +118,7 @@ def synthesize(text: str, cfg: Optional[TTSConfig] = None, *, voice: Optional[st
     cfg = cfg or TTSConfig()
     name, lang, _ = _request(cfg, voice, language, rate)
     parts, cues, sr = [], [], 0
-    for audio, cue, sr in iter_speech(text, cfg, voice=voice, language=language, rate=rate, markdown=markdown):
+    for audio, cue, sr in iter_speech(text, cfg, voice=voice, language=language, rate=rate, markdown=markdown):  # noqa: B007 - sr is read after the loop
         parts.append(audio)
         if cue is not None:
             cues.append(cue)

@@ -258,7 +258,7 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
         raise ModelNotFoundError(f"missing {path}; {MOORE_LAYOUT}")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # a truncated download, an HTML error page saved as .pth, ...
+    except Exception as e:  # a truncated download, an HTML error page saved as .pth, ...  # noqa: BLE001
         raise ModelNotFoundError(
             f"cannot read {path} as a PyTorch state dict ({type(e).__name__}); download it again; {MOORE_LAYOUT}"
         ) from None

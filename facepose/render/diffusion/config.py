@@ -16,8 +16,8 @@ from typing import Any, Dict
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from facepose.errors import ConfigError
 from facepose.config import ModelConfig
+from facepose.errors import ConfigError
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 ATTENTION_BACKENDS = ("sdpa", "math")

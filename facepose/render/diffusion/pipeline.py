@@ -33,14 +33,14 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel, UNetMotionModel
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 from transformers import CLIPVisionModelWithProjection
 
 from facepose.errors import InputError
-from facepose.render.diffusion.config import LONG_VIDEO_MODES
 from facepose.render.diffusion.attention import ReferenceBank, install_reference_attention, set_attention_backend
+from facepose.render.diffusion.config import LONG_VIDEO_MODES
 from facepose.render.diffusion.models import ConvInAddition, FaceLocator, PoseGuider
 from facepose.render.diffusion.motion import set_temporal_norm
 

@@ -1,5 +1,10 @@
 """Driving videos with known answers: a real face photo moved, rotated and scaled along a known path.
 
+Two paths share one face centre (:data:`FACE_CENTRE`, measured): :func:`driving_video` (a slow sway,
+turn and zoom about the face, with the true landmarks of every frame) and :func:`moving_face_frames` (the
+face carried around the frame centre on a figure of eight, as the batch tests and the bundled example's
+driving video use it).
+
 ``skimage.data.astronaut()`` (a real public-domain portrait) is warped frame by frame with affine maps
 ``A_t`` (2x3, photo pixels -> frame pixels). The true landmarks of frame t are ``A_t`` applied to the
 landmarks found on the still photo, so a tracker can be scored in pixels. A noisy variant adds a small
@@ -9,14 +14,16 @@ smoother should recover).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import cv2
 import numpy as np
 
-# Centre of the astronaut's face in the 512x512 photo (the middle of its HOG box); the path turns
-# and scales the photo about this point so the face stays in the frame.
+# Centre of the astronaut's face in the 512x512 photo: the middle of dlib's HOG box (175, 76, 266, 167),
+# checked by tests/test_support.py. The paths turn, scale and carry the photo about this point.
 FACE_CENTRE = (221.0, 122.0)
 
 
@@ -127,6 +134,50 @@ def write_driving_video(uri: str, video: DrivingVideo) -> str:
 
     write_video(uri, video.frames, fps=video.fps)
     return uri
+
+
+# -- the face on a figure of eight ------------------------------------------------------------------
+def moving_face_frames(
+    image: np.ndarray, seconds: float, fps: float = 24.0, size: int = 256, zoom: float = 1.0,
+    center: tuple[float, float] = FACE_CENTRE, amplitude: float = 0.06, blur: float = 0.0,
+) -> Iterator[np.ndarray]:
+    """image: (H, W, 3) uint8 RGB -> ``round(seconds * fps)`` frames (size, size, 3): the image scaled by
+    ``zoom`` with its point ``center`` (the face) moved along a smooth loop around the frame centre (a
+    figure of eight of ``amplitude`` times the frame side, with a slight breathing zoom), so the face's
+    path is known: see :func:`path_at`. ``blur`` > 0: a Gaussian blur of that sigma (output pixels)."""
+    n = int(round(seconds * fps))
+    for i in range(n):
+        dx, dy, s = path_at(i / fps, seconds, amplitude)
+        k = zoom * s
+        m = np.array([[k, 0, size / 2 + dx * size - k * center[0]], [0, k, size / 2 + dy * size - k * center[1]]], np.float32)
+        frame = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if blur > 0:
+            frame = cv2.GaussianBlur(frame, (0, 0), blur)
+        yield frame
+
+
+def path_at(t: float, period: float, amplitude: float) -> tuple[float, float, float]:
+    """The known path at time ``t``: (dx, dy) as shares of the frame side, and a zoom factor."""
+    a = 2 * np.pi * t / period
+    return amplitude * np.sin(a), 0.5 * amplitude * np.sin(2 * a), 1.0 + 0.03 * np.sin(a)
+
+
+def write_face_video(path: str | Path, image: np.ndarray, seconds: float = 1.5, audio: Optional[np.ndarray] = None, **kwargs) -> str:
+    """The photo moved along :func:`path_at` for ``seconds`` at 24 fps, as an H.264 mp4 (with ``audio``,
+    16 kHz mono, muxed when given). ``kwargs`` go to :func:`moving_face_frames` (size, zoom, blur, amplitude)."""
+    from facepose.media.video import write_video
+
+    write_video(str(path), moving_face_frames(image, seconds, **kwargs), fps=24, audio=audio, sample_rate=16000, crf=23)
+    return str(path)
+
+
+def scenery_frames(seconds: float, size: int = 256) -> list[np.ndarray]:
+    """A shot without a face: skimage's coffee photo, panning slowly, at 24 fps."""
+    from skimage import data
+
+    img = np.ascontiguousarray(data.coffee())
+    n = int(round(seconds * 24))
+    return [cv2.resize(img[40:340, 20 + i:320 + i], (size, size), interpolation=cv2.INTER_AREA) for i in range(n)]
 
 
 # -- phone photos ---------------------------------------------------------------------------------
