@@ -337,7 +337,7 @@ def test_no_checkpoint_configured_says_what_to_download_and_where():
 def test_renderer_streams_one_frame_per_pose_frame(pipe, astronaut):
     from facepose.pose.sequence import PoseSequence
     from facepose.render.diffusion.renderer import build_diffusion_renderer
-    from facepose.render.diffusion.config import ModelConfig
+    from facepose.config import ModelConfig
 
     renderer = build_diffusion_renderer(None, pipeline=pipe, model=ModelConfig(steps=2))
     landmarks = np.stack([face_points(i * 0.3, 512) for i in range(30)])  # a 512x512 canvas

@@ -26,7 +26,8 @@ from facepose.render.diffusion.checkpoint import (
     load_pipeline,
     moore_to_diffusers_key,
 )
-from facepose.render.diffusion.config import ModelConfig, load_arch
+from facepose.config import ModelConfig
+from facepose.render.diffusion.config import load_arch
 from tests.test_diffusion import face_masks, pose_images, reference_image, render
 
 def _reference_dir() -> Path:

@@ -49,7 +49,7 @@ def test_stage1_on_two_workers_learns_checkpoints_to_s3_and_the_checkpoint_rende
     from facepose.config import load_config
     from facepose.manifest import CurateJob
     from facepose.media.video import probe_video
-    from facepose.render.diffusion.config import ModelConfig
+    from facepose.config import ModelConfig
     from facepose.render.diffusion.renderer import build_diffusion_renderer
     from flows.train import run_train
 
@@ -187,7 +187,8 @@ def test_stage2_from_a_pipeline_changes_only_its_motion_modules(dataset, tmp_pat
 
 def test_audio2pose_trains_through_the_same_flow(dataset, tmp_path, astronaut, speech_16k):
     from facepose.face.crop import crop_face
-    from facepose.pose.audio2pose import Audio2PoseConfig, audio_to_pose
+    from facepose.config import Audio2PoseConfig
+    from facepose.pose.audio2pose import audio_to_pose
     from flows.train import run_train
 
     summary = run_train(["audio2pose"], [

@@ -46,7 +46,8 @@ import torch
 
 from facepose import storage
 from facepose.errors import ModelNotFoundError
-from facepose.render.diffusion.config import ArchConfig, ModelConfig, load_arch
+from facepose.config import ModelConfig
+from facepose.render.diffusion.config import ArchConfig, load_arch
 
 log = logging.getLogger(__name__)
 
