@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facepose import storage
+from facepose.config import Config, RenderConfig
 from facepose.errors import FaceposeError, InputError, NoFaceError
 
 log = logging.getLogger(__name__)
@@ -399,10 +400,9 @@ def attach_digests(jobs: list[RenderJob], fingerprints: Optional[dict[str, Optio
 
 
 # -- results (the app reads them; runs write them through facepose.batch) ----------------------------
-def results_uri(out: str, cfg: Any = None) -> str:
-    """Where a run's results Parquet goes: ``<out>/<render.results>``."""
-    name = getattr(getattr(cfg, "render", None), "results", None) or "results.parquet"
-    return storage.join(out, name)
+def results_uri(out: str, render: Optional[RenderConfig] = None) -> str:
+    """Where a run's results Parquet goes: ``<out>/<render.results>`` (None: the default section)."""
+    return storage.join(out, (render if render is not None else RenderConfig()).results)
 
 
 def read_markers(output_prefix: str, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -439,7 +439,7 @@ def read_results(uri: str) -> dict[str, dict[str, Any]]:
 
 
 # -- running one job (the body of a render actor's call) -------------------------------------------
-def run_render_job(row: dict[str, Any], cfg: Any = None, renderers: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def run_render_job(row: dict[str, Any], cfg: Optional[Config] = None, renderers: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Render one job (a :meth:`RenderJob.to_row` dict) with :func:`facepose.render.job.render_video`,
     then write its done marker. Never raises: a failure is an ``error`` result row.
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from facepose.app import handlers as h
-from facepose.app.config import AppConfig, app_config
-from facepose.config import load_config
+from facepose.config import AppConfig, load_config
 from facepose.errors import InputError, ModelNotFoundError, NoFaceError
 
 
@@ -175,7 +174,7 @@ def test_missing_diffusion_checkpoint_is_reported_not_raised(cfg):
 
 
 def test_steps_reach_the_diffusion_renderer_without_reloading_it():
-    from facepose.render.diffusion.config import ModelConfig
+    from facepose.config import ModelConfig
     from facepose.render.diffusion.renderer import DiffusionRenderer
 
     pipeline = object()  # the loaded models, shared by the copy
@@ -216,16 +215,9 @@ def test_generate_from_speech_is_as_long_as_the_audio_and_has_it(astronaut_png, 
 
 
 def test_generate_refuses_what_is_over_the_limit_before_rendering(astronaut_png, speech_wav, ws, cfg):
-    from dataclasses import dataclass, field
+    from dataclasses import replace
 
-    from facepose.config import Config
-
-    @dataclass
-    class WithApp(Config):  # Config with the app section the lead wires in
-        app: AppConfig = field(default_factory=lambda: AppConfig(max_seconds=1.0))
-
-    small = WithApp(storage=cfg.storage, face=cfg.face, pose=cfg.pose)
-    assert app_config(small).max_seconds == 1.0
+    small = replace(cfg, app=AppConfig(max_seconds=1.0))
     with pytest.raises(InputError, match="over this app's limit of 1 s"):
         h.generate_video(str(astronaut_png), str(speech_wav), "audio", None, "warp", 0, small, ws, h.RendererPool(cfg))
     assert not list(ws.root.rglob("*.mp4"))
@@ -296,17 +288,12 @@ def test_stop_interrupts_the_batch_process(tmp_path):
 def test_launch_serves_the_app_with_its_limits_and_one_render_at_a_time(tmp_path, cfg):
     import json
     import urllib.request
-    from dataclasses import dataclass, field
+    from dataclasses import replace
 
     from facepose.app import launch
-    from facepose.config import Config
     from tests.conftest import free_port
 
-    @dataclass
-    class WithApp(Config):
-        app: AppConfig = field(default_factory=lambda: AppConfig(max_upload_mb=5, work_dir=str(tmp_path / "ws")))
-
-    demo = launch("127.0.0.1", free_port(), WithApp(storage=cfg.storage, face=cfg.face, pose=cfg.pose), block=False, quiet=True)
+    demo = launch("127.0.0.1", free_port(), replace(cfg, app=AppConfig(max_upload_mb=5, work_dir=str(tmp_path / "ws"))), block=False, quiet=True)
     try:
         page = json.load(urllib.request.urlopen(demo.local_url + "config", timeout=10))
         assert page["title"] == "facepose"

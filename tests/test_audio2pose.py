@@ -10,7 +10,8 @@ import soundfile as sf
 
 from facepose.errors import FaceposeError, MediaError, ModelNotFoundError
 from facepose.pose import face_model as fm
-from facepose.pose.audio2pose import Audio2PoseConfig, audio_features, audio_to_pose
+from facepose.config import Audio2PoseConfig
+from facepose.pose.audio2pose import audio_features, audio_to_pose
 from facepose.pose.sequence import PoseSequence
 
 SR = 16000

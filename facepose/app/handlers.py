@@ -23,8 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from facepose.app.config import AppConfig, app_config
-from facepose.config import PoseAdjustConfig
+from facepose.config import AppConfig, Config, PoseAdjustConfig
 from facepose.errors import FaceposeError, InputError, MediaError, ModelNotFoundError
 from facepose.render.base import ProgressFn
 
@@ -106,7 +105,7 @@ class ReferenceView:
     height: int
 
 
-def inspect_reference(path: str | os.PathLike, cfg: Any) -> ReferenceView:
+def inspect_reference(path: str | os.PathLike, cfg: Config) -> ReferenceView:
     """Detect the face of the photo at ``path`` and crop it as the renderers will.
 
     Raises NoFaceError (no face), MediaError (not an image)."""
@@ -114,7 +113,7 @@ def inspect_reference(path: str | os.PathLike, cfg: Any) -> ReferenceView:
     from facepose.media.image import read_image
 
     name = Path(path).name
-    check_upload(path, "photo", IMAGE_EXTS, app_config(cfg))
+    check_upload(path, "photo", IMAGE_EXTS, cfg.app)
     try:
         image = read_image(path)
     except MediaError:
@@ -309,11 +308,11 @@ class PosePreview:
     message: str
 
 
-def with_adjust(cfg: Any, adjust: Optional[PoseAdjustConfig]) -> Any:
-    """``cfg`` (a whole Config) with ``pose.adjust`` replaced (the config itself is not changed)."""
+def with_adjust(cfg: Config, adjust: Optional[PoseAdjustConfig]) -> Config:
+    """``cfg`` with ``pose.adjust`` replaced (a new object; the config itself is not changed)."""
     import dataclasses
 
-    if adjust is None or getattr(cfg, "pose", None) is None:
+    if adjust is None:
         return cfg
     return dataclasses.replace(cfg, pose=dataclasses.replace(cfg.pose, adjust=adjust))
 
@@ -322,7 +321,7 @@ _pose_cache: dict[tuple, Any] = {}
 _pose_cache_guard = threading.Lock()
 
 
-def base_pose(reference: str, driver: str, kind: str, seconds: Optional[float], cfg: Any,
+def base_pose(reference: str, driver: str, kind: str, seconds: Optional[float], cfg: Config,
               progress: Optional[ProgressFn] = None):
     """(crop, pose before the pose controls) for ``reference`` and ``driver``, cached by their files and
     settings, so moving a pose-control slider does not track a driving video again."""
@@ -353,7 +352,7 @@ def make_pose_preview(
     driver: str,
     kind: str,
     seconds: Optional[float],
-    cfg: Any,
+    cfg: Config,
     ws: Workspace,
     progress: Optional[ProgressFn] = None,
     adjust: Optional[PoseAdjustConfig] = None,
@@ -369,7 +368,7 @@ def make_pose_preview(
 
     if not reference:
         raise InputError("no reference photo yet; upload one in step 1 (the pose is fitted to its face)")
-    seconds = check_seconds(seconds, driver, kind, app_config(cfg))
+    seconds = check_seconds(seconds, driver, kind, cfg.app)
     crop, pose = base_pose(reference, driver, kind, seconds, cfg)
     pose = adjust_pose(pose, adjust if adjust is not None else cfg.pose.adjust, rest=crop.landmarks)
     if len(pose) == 0:
@@ -378,7 +377,7 @@ def make_pose_preview(
     audio = fit_audio(load_audio(audio_uri, sr=AUDIO_SR), len(pose), pose.fps) if audio_uri else None
     stem = driver.split(":", 1)[-1] if kind == "preset" else Path(driver).stem
     video = ws.new("poses", ".mp4", stem)
-    size = getattr(getattr(cfg, "pose", None), "size", 512)
+    size = cfg.pose.size
     with VideoWriter(str(video), fps=pose.fps, audio=audio, sample_rate=AUDIO_SR) as writer:
         for i, image in enumerate(iter_pose_images(pose, size=size, lines=True)):
             writer.write(image)
@@ -407,7 +406,7 @@ class RendererPool:
     """Renderers built once and reused (models stay loaded), each behind its own lock so one renderer
     renders one video at a time. A backend whose weights are missing is remembered as unavailable."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self._renderers: dict[str, Any] = {}
         self._missing: dict[str, str] = {}
@@ -469,7 +468,7 @@ def generate_video(
     seconds: Optional[float],
     backend: str,
     seed: int,
-    cfg: Any,
+    cfg: Config,
     ws: Workspace,
     pool: RendererPool,
     steps: Optional[int] = None,
@@ -486,7 +485,7 @@ def generate_video(
         raise InputError("no reference photo yet; upload one in step 1")
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
-    seconds = check_seconds(seconds, driver, kind, app_config(cfg))
+    seconds = check_seconds(seconds, driver, kind, cfg.app)
     cfg = with_adjust(cfg, adjust)
     renderer = pool.get(backend)
     if steps is not None:
@@ -937,7 +936,7 @@ def start_batch(
     input_files: list[str],
     manifest_uri: Optional[str],
     out_prefix: Optional[str],
-    cfg: Any,
+    cfg: Config,
     ws: Workspace,
 ) -> BatchRun:
     """Stage an uploaded manifest (or take ``manifest_uri``), check its rows, and start ``render-batch``
@@ -958,16 +957,15 @@ def start_batch(
         manifest = uri
     else:
         raise InputError("no manifest; upload one (CSV, JSONL or Parquet) or give its URI")
-    app = app_config(cfg)
+    app = cfg.app
     out = (out_prefix or "").strip() or (f"{app.batch_output_prefix.rstrip('/')}/{run_id}" if app.batch_output_prefix
                                          else str(folder / "out"))
-    render = getattr(cfg, "render", None)
     jobs, invalid = parse_render_rows(read_rows(manifest), out, base=manifest_dir(manifest),
-                                      backend=getattr(render, "backend", "warp"), seed=getattr(render, "seed", 0))
+                                      backend=cfg.render.backend, seed=cfg.render.seed)
     planned = [{"job_id": j.job_id, "status": "waiting", "output": j.output} for j in jobs]
     planned += [{"job_id": r["job_id"], "status": "error", "error": r["error"]} for r in invalid]
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "config.yaml"
     config_file.write_text(to_yaml(cfg))
-    run = BatchRun(manifest, out, folder, config_file, results_uri(out, cfg), planned)
+    run = BatchRun(manifest, out, folder, config_file, results_uri(out, cfg.render), planned)
     return run.start()

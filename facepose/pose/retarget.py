@@ -28,7 +28,6 @@ import numpy as np
 from facepose.errors import InputError
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
-from facepose.config import RetargetConfig  # noqa: F401  (defined with the other config sections; re-exported)
 
 Mode = Literal["relative", "absolute"]
 MODES = ("relative", "absolute")
