@@ -1,5 +1,5 @@
 """The per-video curation unit: one video (or a time range of one) -> face clips, poses and audio
-features in the curated-dataset layout (DESIGN.md, "Data contracts").
+features in the curated-dataset layout (docs/contracts.md, "Curated dataset").
 
 Per video:
 

@@ -4,7 +4,7 @@ sentences subtitles (WebVTT + SRT beside the video, optionally burnt into the fr
 Drivers: ``text:<the script>`` or a script file (``.txt``, ``.md`` / ``.markdown``: paragraphs, i.e. blank
 lines, become pauses; Markdown markup is not read aloud). ``facepose.pose.source.from_source`` calls
 :func:`text_pose`; ``facepose.render.job.render_video`` calls :func:`caption_frames` and
-:func:`write_captions`. :func:`lesson_rows` renders a manifest of lessons (one row a lesson) with the
+:func:`write_captions`. The ``lesson`` batch kind (:mod:`facepose.batch.lesson`) renders a manifest of lessons (one row a lesson) with the
 speech cache shared across rows.
 """
 

@@ -1,4 +1,4 @@
-"""Manifests and results of the batch jobs (DESIGN.md, "Data contracts").
+"""Manifests and results of the batch jobs (docs/contracts.md; the job contract: docs/batch.md).
 
 A **render manifest** has one job a row: ``job_id``, ``reference``, ``driver`` (``preset:<name>``,
 ``text:<script>`` or a URI of a video, an audio file, a pose Parquet or a .txt/.md script), optional

@@ -1,5 +1,5 @@
 """Dataset curation: a manifest of videos -> face clips, poses, audio features and an index in the
-curated-dataset layout (DESIGN.md) under an output prefix.
+curated-dataset layout (docs/contracts.md, "Curated dataset") under an output prefix.
 
 The ``curate`` kind (:mod:`facepose.batch.curate`; the per-video unit is :mod:`facepose.curate`) run
 by the flow body every kind shares (:func:`tasks.shard.batch_flow_body`), with the same rerun rule as

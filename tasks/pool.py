@@ -1,6 +1,6 @@
 """Ray for the flows: starting or joining a cluster, and a pool of actors fed one row at a time.
 
-:func:`ray_session` runs in the flow body (the main thread; RECIPES.md: Ray started from a worker
+:func:`ray_session` runs in the flow body (the main thread; docs/environment.md, "Ray": Ray started from a worker
 thread dies with it). It joins ``RAY_ADDRESS`` (or ``batch.ray_address``) when set, and otherwise
 starts a local Ray on loopback with ``batch.num_cpus`` CPUs.
 
@@ -21,7 +21,7 @@ import queue
 import threading
 from typing import Any, Callable, Iterator, Optional
 
-# A local Ray stays on loopback (RECIPES.md); Ray reads this when it is imported. Joining a cluster
+# A local Ray stays on loopback (docs/environment.md, "Ray"); Ray reads this when it is imported. Joining a cluster
 # (RAY_ADDRESS) needs the node's real address, so then it is left alone.
 _LOOPBACK_DEFAULT = not os.environ.get("RAY_ADDRESS") and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
 if _LOOPBACK_DEFAULT:

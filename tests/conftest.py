@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Ray must stay on loopback, and no telemetry anywhere (RECIPES.md).
+# Ray must stay on loopback, and no telemetry anywhere (docs/environment.md, "Ray" and "Prefect").
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -293,7 +293,8 @@ def test_launch_serves_the_app_with_its_limits_and_one_render_at_a_time(tmp_path
     from facepose.app import launch
     from tests.conftest import free_port
 
-    demo = launch("127.0.0.1", free_port(), replace(cfg, app=AppConfig(max_upload_mb=5, work_dir=str(tmp_path / "ws"))), block=False, quiet=True)
+    small = replace(cfg, app=AppConfig(max_upload_mb=5, work_dir=str(tmp_path / "ws")))
+    demo = launch("127.0.0.1", free_port(), small, block=False, quiet=True)
     try:
         page = json.load(urllib.request.urlopen(demo.local_url + "config", timeout=10))
         assert page["title"] == "facepose"

@@ -1,6 +1,6 @@
 """Loading Moore-AnimateAnyone's released layout: tiny state dicts written under their key names load
 strictly and reproduce the model; a wrong file, key or shape is a ModelNotFoundError naming both; and the
-full released key lists (../shared/reference/moore-animateanyone/) match our sd15 models on the meta device."""
+full released key lists (tests/data/moore-animateanyone/) match our sd15 models on the meta device."""
 
 from __future__ import annotations
 

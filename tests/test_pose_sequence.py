@@ -1,4 +1,4 @@
-"""PoseSequence: the Parquet form of DESIGN.md (round trips, schema, validation) and time edits."""
+"""PoseSequence: the Parquet form of docs/contracts.md (round trips, schema, validation) and time edits."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 # Each Ray Train report waits up to the health-check interval (2 s by default): read when Ray starts,
-# so set here, at collection, before the session's Ray (RECIPES.md).
+# so set here, at collection, before the session's Ray (docs/environment.md, "Ray Train").
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
 
 import time  # noqa: E402

@@ -753,7 +753,7 @@ class BatchRun:
         from facepose.manifest import utc_now
 
         env = dict(os.environ)
-        env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback (RECIPES.md)
+        env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback (docs/environment.md, "Ray")
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         env["PYTHONUNBUFFERED"] = "1"

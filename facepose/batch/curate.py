@@ -1,5 +1,5 @@
 """The ``curate`` kind: a video (or a time range of one) -> face clips, poses and audio features in the
-curated-dataset layout (DESIGN.md). The per-video unit is :class:`facepose.curate.Curator`."""
+curated-dataset layout (docs/contracts.md, "Curated dataset"). The per-video unit is :class:`facepose.curate.Curator`."""
 
 from __future__ import annotations
 

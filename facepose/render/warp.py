@@ -1,9 +1,9 @@
-"""The ``warp`` renderer: the default CPU backend, no weights (DESIGN.md, "Contracts between layers").
+"""The ``warp`` renderer: the default CPU backend, no weights (docs/design.md, "Contracts between layers").
 
 Per job the reference face is cropped once (:func:`facepose.face.crop.crop_face`); per frame the crop is
 warped from its own 68 landmarks to the frame's target landmarks:
 
-1. The pose canvas is letterboxed onto the ``size`` x ``size`` output, as :func:`iter_pose_images` draws it.
+1. The pose canvas is letterboxed onto the ``size`` x ``size`` output, as :func:`~facepose.pose.draw.iter_pose_images` draws it.
 2. A piecewise-affine warp over a fixed triangle mesh (the 68 points, virtual forehead points and fixed
    anchors on the frame border; :mod:`facepose.render.warp_mesh`) gives a backward map on a coarse grid,
    computed only over the region the clip's masks reach.
@@ -21,7 +21,6 @@ few milliseconds on one core.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from os import PathLike
@@ -77,7 +76,6 @@ class WarpRenderer:
         if self.cfg.size <= 0 or self.cfg.size % 2:
             raise InputError(f"warp renderer size must be a positive even number (H.264), got {self.cfg.size}")
         self.detector, self.predictor = detector, predictor
-        self._last_crop: Optional[tuple[Any, tuple[np.ndarray, np.ndarray]]] = None
 
     # -- per job -----------------------------------------------------------------------------------
     def crop(self, reference: Any, name: str = "reference") -> tuple[np.ndarray, np.ndarray]:
@@ -91,14 +89,8 @@ class WarpRenderer:
             ref = np.ascontiguousarray(reference)
             if ref.ndim != 3 or ref.shape[2] != 3 or ref.dtype != np.uint8:
                 raise InputError(f"{name} must be an (H, W, 3) uint8 RGB image, got {ref.shape} {ref.dtype}")
-            # the last photo's crop is kept: a caller that crops to retarget, then renders, detects once
-            key = (ref.shape, hashlib.blake2b(ref.data, digest_size=16).digest())
-            if self._last_crop is not None and self._last_crop[0] == key:
-                image, lm = self._last_crop[1]
-            else:
-                fc = crop_face(ref, self.face_cfg, detector=self.detector, predictor=self.predictor, name=name)
-                image, lm = np.asarray(fc.image), np.asarray(fc.landmarks, np.float32)
-                self._last_crop = (key, (image, lm))
+            fc = crop_face(ref, self.face_cfg, detector=self.detector, predictor=self.predictor, name=name)
+            image, lm = np.asarray(fc.image), np.asarray(fc.landmarks, np.float32)
         s = self.cfg.size
         if image.shape[:2] != (s, s):
             scale = np.float32(s / image.shape[1]), np.float32(s / image.shape[0])

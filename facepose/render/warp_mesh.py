@@ -4,7 +4,7 @@ The mesh is the 68 iBUG points, a few virtual forehead points that move with the
 on the border of the region of interest (ROI). Its topology comes once, from a Delaunay triangulation of
 the reference's points with the mouth and eyes forced open, so the inner-mouth and inner-eye polygons are
 triangulated on their own and stretch (mouth opening) or collapse (blinks) without dragging the lips or
-lids along. Per frame, :meth:`MeshWarp.backward_map` rasterises the target triangles into a triangle-index
+lids along. Per frame, :meth:`MeshWarp.displacement` rasterises the target triangles into a triangle-index
 image (``cv2.fillConvexPoly``), looks up one affine map per pixel and evaluates it in numpy, on a grid
 ``grid_step`` times coarser than the output, then upsamples it (the map is continuous, so bilinear
 upsampling is nearly exact). ``cv2.remap`` then samples the reference at the returned coordinates.

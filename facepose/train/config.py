@@ -31,7 +31,7 @@ MIXED_PRECISION = ("fp32", "fp16", "bf16")
 class DataConfig:
     """The curated dataset and what one sample holds (facepose.train.dataset)."""
 
-    dataset: str = ""  # prefix of a curated dataset (DESIGN.md layout), local or s3://
+    dataset: str = ""  # prefix of a curated dataset (docs/contracts.md), local or s3://
     size: int = 512  # frames, pose images and masks are resized to size x size
     num_frames: int = 1  # consecutive target frames per sample (1 in stage 1, 24 in stage 2)
     motion_frames: int = 2  # frames just before the targets, given to the ReferenceNet (EMO)

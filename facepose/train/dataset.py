@@ -1,4 +1,4 @@
-"""Training samples from a curated dataset (DESIGN.md layout, local or ``s3://``).
+"""Training samples from a curated dataset (docs/contracts.md, "Curated dataset"; local or ``s3://``).
 
 :func:`read_clips` lists the usable clips: index rows with ``status == "ok"`` of videos that have their
 done marker (a video without one is still being curated, or failed half-way). A run lists them once

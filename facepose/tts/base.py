@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -126,9 +126,3 @@ def voiced_span(audio: np.ndarray, sample_rate: int, threshold_db: float = -40.0
     loud = np.flatnonzero(20 * np.log10(rms / peak) > threshold_db)
     m = int(margin_s * sample_rate)
     return max(0, loud[0] * win - m), min(len(audio), (loud[-1] + 1) * win + m)
-
-
-def iter_sentences(paras: list[list[str]]) -> Iterator[tuple[int, str]]:
-    for p, sentences in enumerate(paras):
-        for s in sentences:
-            yield p, s

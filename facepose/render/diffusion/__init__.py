@@ -1,4 +1,4 @@
-"""The ``diffusion`` backend: AnimateAnyone + EMO's Face Locator and Motion Frames (DESIGN.md, "The model").
+"""The ``diffusion`` backend: AnimateAnyone + EMO's Face Locator and Motion Frames (docs/model.md).
 
 Importing this package registers the renderer only; torch, diffusers and transformers are imported when
 a name below is first used, so the ``warp`` backend and the CLI start fast without them.

@@ -14,7 +14,7 @@ Two layouts load:
        <root>/sd-vae-ft-mse/                AutoencoderKL folder
        <root>/image_encoder/                CLIPVisionModelWithProjection folder
 
-   Every key and shape is checked (``../shared/reference/moore-animateanyone/``); a missing file, key or
+   Every key and shape is checked (the key lists in ``tests/data/moore-animateanyone/``); a missing file, key or
    shape is a :class:`ModelNotFoundError` naming the file, the key and the expected layout. Three
    explicit, documented adaptations are made and nothing else:
 
