@@ -19,7 +19,7 @@ Numpy only.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Optional
 
 import numpy as np

@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from facepose.config import Audio2PoseConfig, Config, FaceConfig, RetargetConfig
+from facepose.config import Config, FaceConfig, RetargetConfig
 from facepose.errors import InputError, NoFaceError
 from facepose.pose import face_model as fm
 from facepose.pose.adjust import adjust_pose
