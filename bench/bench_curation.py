@@ -40,18 +40,19 @@ from facepose.face import FaceTracker, crop_box, crop_image  # noqa: E402
 from facepose.face.crop import face_mask, to_crop  # noqa: E402
 from facepose.media.video import VideoWriter, iter_frames, write_video  # noqa: E402
 from facepose.pose.smooth import smooth_landmarks  # noqa: E402
+from facepose.timeline import FPS, frames_for_seconds  # noqa: E402
 from tests.synth import driving_video  # noqa: E402
 
 cv2.setNumThreads(1)
 if "torch" in sys.modules:  # nothing here imports torch; keep it single-threaded if something did
     sys.modules["torch"].set_num_threads(1)
 
-W, H, FPS, CROP = 1280, 720, 24.0, 512
+W, H, CROP = 1280, 720, 512
 
 
 def make_clip(path: Path, seconds: float) -> int:
     """Write the 720p test clip; returns its frame count."""
-    n = int(round(seconds * FPS))
+    n = frames_for_seconds(seconds)
     # the 512 photo at 2x, its face (at ~(221, 122) in the photo) placed near the frame's centre
     video = driving_video(n, FPS, size=(W, H), base_scale=2.0, offset=(640 - 442.0, 330 - 244.0))
     write_video(str(path), video.frames, fps=FPS)

@@ -31,8 +31,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from facepose.timeline import FPS, SAMPLE_RATE, frames_for_seconds  # noqa: E402
 
-W, H, FPS = 1280, 720, 24.0
+W, H = 1280, 720
 FACE = (221.0, 122.0)  # the astronaut's face centre in the 512 px photo
 TEXT = ("Good morning everyone. Today we look at how a single photograph can be animated by a pose sequence, "
         "and why the timing of sound and motion matters so much for a believable result.")
@@ -46,7 +47,7 @@ def make_video(path: Path, seconds: float) -> Path:
     from facepose.media.video import VideoWriter
 
     photo = np.ascontiguousarray(data.astronaut())
-    n = int(round(seconds * FPS))
+    n = frames_for_seconds(seconds)
     with VideoWriter(str(path), fps=FPS, crf=23, preset="veryfast", threads=0) as w:
         for i in range(n):
             t = i / FPS
@@ -64,7 +65,7 @@ def make_speech(path: Path, seconds: float) -> Path:
     from scripts.make_examples import espeak
 
     one = Path(str(path) + ".one.wav")
-    espeak(TEXT, one, sample_rate=16000)
+    espeak(TEXT, one, sample_rate=SAMPLE_RATE)
     y, sr = sf.read(str(one), dtype="float32")
     one.unlink()
     sf.write(str(path), np.resize(y, int(round(seconds * sr))), sr, subtype="PCM_16")

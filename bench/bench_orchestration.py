@@ -159,13 +159,14 @@ def curation_videos(d: Path, n: int, seconds: float) -> Path:
     from facepose import manifest as mf
     from facepose.media.audio import load_audio
     from facepose.media.video import write_video
+    from facepose.timeline import FPS, SAMPLE_RATE
 
     face = data.astronaut()
-    speech = load_audio(espeak("Hello there, this is a benchmark of the curation flow.", d / "s.wav"), sr=16000)
+    speech = load_audio(espeak("Hello there, this is a benchmark of the curation flow.", d / "s.wav"), sr=SAMPLE_RATE)
     rows = []
     for i in range(n):
         path = d / f"v{i}.mp4"
-        write_video(str(path), moving_face_frames(face, seconds, size=256), fps=24, audio=speech, sample_rate=16000, crf=23)
+        write_video(str(path), moving_face_frames(face, seconds, size=256), fps=FPS, audio=speech, sample_rate=SAMPLE_RATE, crf=23)
         rows.append({"video_id": f"v{i}", "video": str(path)})
     mf.write_rows(str(d / "curate.csv"), rows)
     return d / "curate.csv"

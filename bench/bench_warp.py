@@ -43,6 +43,7 @@ def main() -> None:
     from facepose.pose.presets import load_preset
     from facepose.pose.retarget import retarget
     from facepose.render import get_renderer
+    from facepose.timeline import FPS
 
     renderer = get_renderer("warp", None)
     size = renderer.cfg.size
@@ -63,7 +64,7 @@ def main() -> None:
 
     def warp_and_encode(tmp: Path) -> float:
         t = time.perf_counter()
-        with VideoWriter(tmp / "warp.mp4", fps=24, threads=1) as w:
+        with VideoWriter(tmp / "warp.mp4", fps=FPS, threads=1) as w:
             for frame in renderer.render(Cropped, pose):
                 w.write(frame)
         return time.perf_counter() - t
@@ -72,7 +73,7 @@ def main() -> None:
 
     def encode_only(tmp: Path) -> float:
         t = time.perf_counter()
-        with VideoWriter(tmp / "enc.mp4", fps=24, threads=1) as w:
+        with VideoWriter(tmp / "enc.mp4", fps=FPS, threads=1) as w:
             for frame in frames:
                 w.write(frame)
         return time.perf_counter() - t

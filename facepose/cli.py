@@ -127,10 +127,11 @@ def pose_extract(
     """Track the face in VIDEO and write its 68 landmarks per frame to a pose Parquet."""
     from facepose.face.track import track_video
     from facepose.media.video import probe_video
+    from facepose.timeline import frames_for_seconds
 
     cfg = state.cfg
     info = probe_video(video)
-    with progress_bar("tracking", total=max(1, int(round(info.duration * fps)))) as update:
+    with progress_bar("tracking", total=max(1, frames_for_seconds(info.duration, fps))) as update:
         pose = track_video(video, cfg.face, fps=fps, progress=update)
     pose.save(output)
     lost = int((~pose.visible).sum())
@@ -446,9 +447,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     except click.exceptions.Abort:
         console.print("aborted")
         return 130
-    except ValueError as e:  # registry lookups (unknown backend, ...) raise ValueError with the choices
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        return 1
     return 0
 
 

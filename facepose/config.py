@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from facepose.errors import ConfigError
+from facepose.timeline import FPS, SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Audio2PoseConfig:
     """``audio2pose:`` config section."""
 
     checkpoint: Optional[str] = None  # learned model: a checkpoint_*/audio2pose folder (path or URI); None -> signal model
-    sample_rate: int = 16000  # Hz; audio is resampled to this before feature extraction
+    sample_rate: int = SAMPLE_RATE  # Hz; audio is resampled to this before feature extraction
     seed: int = 0  # blink timing and idle sway
     silence_db: float = -45.0  # dBFS: quieter frames are silence (mouth closed)
     gate_below_peak_db: float = 30.0  # ... and so are frames this far below the loud speech level
@@ -190,7 +191,7 @@ class ModelConfig:
 class CurateConfig:
     """The per-video curation unit (facepose.curate) and its flow."""
 
-    fps: float = 24.0  # frames are decoded, tracked and written at this rate
+    fps: float = float(FPS)  # frames are decoded, tracked and written at this rate
     clip_size: int = 512  # side of the square face crops written as clips
     crop_margin: float = 0.6  # crop side = landmark box side * (1 + 2 * margin), held steady over a clip
     shot_threshold: float = 0.2  # a cut where 1 - correlation of consecutive frames' luma histograms reaches this (PySceneDetect HistogramDetector)
@@ -201,7 +202,7 @@ class CurateConfig:
     max_missing: float = 0.2  # share of frames without a face above this: "face_missing"
     min_sharpness: float = 40.0  # median variance of the Laplacian of the face (at 128 px) below this: "too_blurry"
     smooth: bool = True  # One Euro smoothing (face.smoothing) of the landmarks written to poses/
-    sample_rate: int = 16000  # audio is resampled to this before features
+    sample_rate: int = SAMPLE_RATE  # audio is resampled to this before features
     n_mels: int = 80  # log-mel bands per frame in audio/
     crf: int = 18  # x264 quality of the clip mp4s
     buffer_mb: int = 768  # frames of a shot kept for writing its clips in the one decode; longer shots are read twice

@@ -60,7 +60,9 @@ import pyarrow.parquet as pq
 from facepose import storage
 from facepose.config import Config, CurateConfig
 from facepose.errors import FaceposeError, InputError, MediaError
+from facepose.face_layout import face_size, fill_gaps, locator_box
 from facepose.manifest import CurateJob, curate_result, digest, error_result, fingerprint
+from facepose.timeline import frames_for_seconds, samples_for_frames
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +170,6 @@ def face_sharpness(frame: np.ndarray, landmarks: np.ndarray) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
-def face_size(landmarks: np.ndarray) -> float:
-    """(68, 2) -> side of the landmark bounding box (the larger of width and height)."""
-    span = landmarks.max(axis=0) - landmarks.min(axis=0)
-    return float(span.max())
-
-
 @dataclass
 class Scan:
     """What the first pass found, per frame at ``fps``: landmarks (T, 68, 2) (zeros where lost),
@@ -215,7 +211,7 @@ class Scanner:
             self.tracker.reset()  # a new shot: find the face afresh, never carry a box across a cut
         lm = self.tracker.update(frame)
         self.lms.append(lm)
-        self.sizes.append(face_size(lm) if lm is not None else math.nan)
+        self.sizes.append(float(face_size(lm)) if lm is not None else math.nan)
         self.sharp.append(face_sharpness(frame, lm) if lm is not None else math.nan)
         return cut
 
@@ -272,7 +268,7 @@ def split_clips(scan: Scan, video_id: str, fps: float, max_clip_s: float) -> lis
 
 def split_shot(a: int, b: int, video_id: str, fps: float, max_clip_s: float, first: int = 0) -> list[Clip]:
     """The shot [a, b) cut into clips of at most ``max_clip_s``, of nearly equal length; ids count from ``first``."""
-    max_len = max(1, int(round(max_clip_s * fps)))
+    max_len = max(1, frames_for_seconds(max_clip_s, fps))
     parts = max(1, math.ceil((b - a) / max_len))
     edges = np.linspace(a, b, parts + 1).round().astype(int)
     return [Clip(clip_id=f"{video_id}_{first + k:04d}", start=int(s), end=int(e))
@@ -297,25 +293,10 @@ def judge(clip: Clip, scan: Scan, cfg: CurateConfig, fps: float) -> Clip:
     return clip
 
 
-def fill_gaps(landmarks: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """(T, 68, 2) with lost frames -> lost frames linearly interpolated from their seen neighbours
-    (held at the ends)."""
-    out = landmarks.astype(np.float32, copy=True)
-    if seen.all() or not seen.any():
-        return out
-    t = np.arange(len(seen))
-    flat = out.reshape(len(seen), -1)
-    for j in range(flat.shape[1]):
-        flat[~seen, j] = np.interp(t[~seen], t[seen], flat[seen, j])
-    return flat.reshape(out.shape)
-
-
 def locator_boxes(landmarks: np.ndarray, expand: float, size: int) -> np.ndarray:
     """(T, 68, 2) in crop pixels -> (T, 4) Face Locator boxes (x0, y0, x1, y1): the landmark box scaled
     by ``expand`` about its centre (EMO), clipped to the crop."""
-    lo, hi = landmarks.min(axis=1), landmarks.max(axis=1)
-    c, half = (lo + hi) / 2, (hi - lo) / 2 * expand
-    return np.clip(np.concatenate([c - half, c + half], axis=1), 0, size).astype(np.float32)
+    return np.clip(locator_box(landmarks, expand), 0, size).astype(np.float32)
 
 
 # -- audio features -------------------------------------------------------------------------------
@@ -333,7 +314,7 @@ def audio_features(audio: Optional[np.ndarray], frames: int, fps: float, sr: int
     rms_out = np.zeros(frames, np.float32)
     if audio is None or len(audio) == 0 or frames == 0:
         return mel_out, rms_out
-    need = int(round(frames * sr / fps))
+    need = samples_for_frames(frames, fps, sr)
     y = np.zeros(need, np.float32)
     y[: min(need, len(audio))] = audio[:need]
     feat = front_end(y, sr, fps, n_mels, pitch=False)  # curation stores the log-mel and loudness only
@@ -414,7 +395,7 @@ class Curator:
         if job.start is not None and job.start >= info.duration:
             raise InputError(f"video {job.video_id}: start {job.start}s is past the end of {job.video} ({info.duration:.2f}s)")
         t_start = job.start or 0.0
-        total = info.frames_at(fps) if job.start is None and job.end is None else int(round((min(job.end or info.duration, info.duration) - t_start) * fps))
+        total = info.frames_at(fps) if job.start is None and job.end is None else frames_for_seconds(min(job.end or info.duration, info.duration) - t_start, fps)
 
         # Audio first, on the video's timeline: clips are written during the one decode.
         audio = self._audio(job, info.has_audio, t_start, total / fps)
@@ -556,7 +537,7 @@ class Curator:
                     break
                 if i == clip.start:
                     a, b = offset + clip.start, offset + clip.end
-                    seg = None if audio is None else audio[int(round(a * c.sample_rate / fps)) : int(round(b * c.sample_rate / fps))]
+                    seg = None if audio is None else audio[samples_for_frames(a, fps, c.sample_rate) : samples_for_frames(b, fps, c.sample_rate)]
                     writer = VideoWriter(clip_uri(out, job.video_id, clip.clip_id), fps=fps, audio=seg, sample_rate=c.sample_rate, crf=c.crf)
                     writer.__enter__()
                 if writer is not None:

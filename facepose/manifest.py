@@ -271,8 +271,6 @@ def error_result(job_id: str, exc: BaseException, **kw: Any) -> dict[str, Any]:
     """An ``error`` result for ``exc``: its one-line message, kind and transience."""
     if isinstance(exc, FaceposeError):
         message, kind = str(exc), exc.kind
-    elif isinstance(exc, ValueError):  # e.g. an unknown backend name from a registry
-        message, kind = str(exc), "input"
     else:
         message, kind = f"{type(exc).__name__}: {exc}", "internal"
     return result_row(job_id, "error", error=message, error_kind=kind, transient=bool(getattr(exc, "transient", False)), **kw)

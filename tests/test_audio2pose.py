@@ -9,12 +9,13 @@ import pytest
 import soundfile as sf
 
 from facepose.errors import FaceposeError, MediaError, ModelNotFoundError
+from facepose import face_layout as layout
 from facepose.pose import face_model as fm
 from facepose.config import Audio2PoseConfig
 from facepose.pose.audio2pose import audio_features, audio_to_pose
 from facepose.pose.sequence import PoseSequence
+from facepose.timeline import SAMPLE_RATE as SR
 
-SR = 16000
 
 
 @pytest.fixture(scope="module")
@@ -48,24 +49,24 @@ def test_length_is_round_24_times_duration(seconds, reference):
 
 
 def test_seconds_trims_loops_or_pads_with_silence(speech_wav, reference):
-    full = fm.mouth_opening(audio_to_pose(speech_wav, reference).landmarks)
+    full = layout.mouth_opening(audio_to_pose(speech_wav, reference).landmarks)
     short = audio_to_pose(speech_wav, reference, seconds=1.25)
     assert len(short) == 30
-    np.testing.assert_allclose(fm.mouth_opening(short.landmarks)[:24], full[:24], atol=0.03)
+    np.testing.assert_allclose(layout.mouth_opening(short.landmarks)[:24], full[:24], atol=0.03)
     looped = audio_to_pose(speech_wav, reference, seconds=8.0)  # the audio repeats, and so does the mouth
     assert len(looped) == 192 and looped.meta["audio"] == str(speech_wav)
-    second = fm.mouth_opening(looped.landmarks)[len(full): 2 * len(full) - 2]
+    second = layout.mouth_opening(looped.landmarks)[len(full): 2 * len(full) - 2]
     assert np.corrcoef(second, full[: len(second)])[0, 1] > 0.9
     padded = audio_to_pose(speech_wav, reference, seconds=8.0, extend="silence")
     assert len(padded) == 192
-    assert fm.mouth_opening(padded.landmarks[-48:]).max() < 0.005  # the recording ended: mouth at rest
+    assert layout.mouth_opening(padded.landmarks[-48:]).max() < 0.005  # the recording ended: mouth at rest
 
 
 def test_speech_drives_the_mouth_and_pauses_close_it(speech_wav, reference):
     pose = audio_to_pose(speech_wav, reference)
     env = loudness_envelope(speech_wav)
     assert len(pose) == len(env)
-    mouth = fm.mouth_opening(pose.landmarks)
+    mouth = layout.mouth_opening(pose.landmarks)
     r = np.corrcoef(mouth, env)[0, 1]
     assert r >= 0.6, f"mouth opening vs loudness r = {r:.2f}"
     db = 20 * np.log10(env + 1e-9)
@@ -82,7 +83,7 @@ def test_speech_drives_the_mouth_and_pauses_close_it(speech_wav, reference):
 def test_silence_gives_a_closed_calm_mouth(reference):
     pose = audio_to_pose(np.zeros(3 * SR, np.float32), reference)
     assert len(pose) == 72
-    assert fm.mouth_opening(pose.landmarks).max() < 0.005
+    assert layout.mouth_opening(pose.landmarks).max() < 0.005
     assert np.abs(pose.head_pose).max() < 2.5
 
 
@@ -93,7 +94,7 @@ def test_noise_and_music_give_small_motion(speech_wav, reference):
     chord = 0.2 * sum(np.sin(2 * np.pi * f * t) for f in (261.63, 329.63, 392.0))  # C major, held
     for name, y in (("white noise", noise), ("chord", chord)):
         pose = audio_to_pose(y.astype(np.float32), reference)
-        mouth = fm.mouth_opening(pose.landmarks)
+        mouth = layout.mouth_opening(pose.landmarks)
         assert mouth.max() < 0.05, name
         assert motion(pose) < 0.25 * motion(speech), name
         assert np.abs(pose.head_pose).max() < 3.0, name
@@ -188,7 +189,7 @@ def test_learned_model_overfits_tiny_clips_through_the_one_trainer_and_drives_th
     y, _, env = synthetic_pair(0)
     pose = audio_to_pose(y, reference, cfg=Audio2PoseConfig(checkpoint=ckpt))
     assert pose.meta["audio2pose"] == "learned" and len(pose) == 72
-    mouth = fm.mouth_opening(pose.landmarks)
+    mouth = layout.mouth_opening(pose.landmarks)
     assert np.corrcoef(mouth, env)[0, 1] > 0.8
     assert mouth.max() > 0.1
 

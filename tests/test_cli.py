@@ -104,6 +104,33 @@ def test_bad_inputs_print_one_error_line_naming_the_input(astronaut_png, tmp_pat
     assert not (tmp_path / "v.mp4").exists() and not Path(out).exists()
 
 
+BROKEN_RENDERER = """
+import sys
+import numpy as np
+from facepose.render.base import register_renderer
+
+class Broken:
+    name = "broken"
+
+    def render(self, reference, pose, **kw):
+        yield np.zeros(3) + np.zeros(4)  # a bug: numpy's ValueError, not the user's mistake
+
+register_renderer("broken")(lambda *a, **kw: Broken())
+from facepose.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_value_error_inside_a_renderer_keeps_its_traceback(tmp_path, astronaut_png):
+    """A numpy ValueError deep in a renderer is a bug: the CLI must not print it as a one-line user error."""
+    r = subprocess.run([sys.executable, "-c", BROKEN_RENDERER, "render", "-r", str(astronaut_png), "-p", "preset:nod",
+                        "--seconds", "0.5", "--backend", "broken", "-o", str(tmp_path / "v.mp4")],
+                       capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode != 0
+    assert "Traceback" in r.stderr and "ValueError: operands could not be broadcast" in r.stderr, r.stderr
+    assert not any(line.startswith("error: ") for line in r.stderr.splitlines()), r.stderr
+
+
 # -- quiet, offline runs ---------------------------------------------------------------------------
 def test_the_command_turns_off_telemetry_before_anything_imports_it_and_users_can_override():
     from facepose.cli import OFFLINE_DEFAULTS

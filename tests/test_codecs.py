@@ -15,9 +15,9 @@ from facepose.config import Config
 from facepose.errors import MediaError
 from facepose.media.audio import audio_duration, load_audio
 from facepose.media.video import iter_frames, probe_video, read_frames
+from facepose.timeline import FPS
 from tests.fixtures_batch import moving_face_frames
 
-FPS = 24
 
 
 def encode(path: Path, frames: np.ndarray, codec: str = "libx264", gop: int = 0, rotation: float = 0.0) -> Path:

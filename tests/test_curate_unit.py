@@ -17,10 +17,10 @@ from facepose.errors import InputError
 from facepose.manifest import CurateJob
 from facepose.media.video import probe_video, write_video
 from facepose.pose.sequence import PoseSequence
+from facepose.timeline import FPS
 from tests.fixtures_batch import moving_face_frames, path_at, scenery_frames, speech_16k, write_face_video  # noqa: F401
 from tests.synth import shot_clip
 
-FPS = 24
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +79,6 @@ def test_quality_filters_record_the_reason(seen, size, sharp, frames, reason):
     clip = cu.judge(cu.Clip("c", 0, n), scan, Config().curate, FPS)
     assert clip.reason == reason
     assert math.isclose(clip.missing, 1 - mask.mean())
-
-
-def test_lost_frames_are_interpolated_between_their_neighbours():
-    lm = np.zeros((5, 68, 2), np.float32)
-    lm[0], lm[4] = 10, 30
-    seen = np.array([True, False, False, False, True])
-    out = cu.fill_gaps(lm, seen)
-    assert np.allclose(out[:, 0, 0], [10, 15, 20, 25, 30])
 
 
 def test_blur_lowers_face_sharpness(astronaut):

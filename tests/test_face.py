@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facepose.config import FaceConfig
-from facepose.errors import ModelNotFoundError, NoFaceError
+from facepose.errors import InputError, ModelNotFoundError, NoFaceError
 from facepose.face import (
     DETECTORS,
     LANDMARKS,
@@ -20,12 +20,11 @@ from facepose.face import (
     crop_image,
     face_mask,
     get_landmark_model,
-    landmark_box,
     models_dir,
     to_crop,
 )
 from facepose.face.detect import model_path
-from facepose.face.landmarks import LEFT_EYE, MOUTH, NOSE, RIGHT_EYE
+from facepose.face_layout import LEFT_EYE, MOUTH, NOSE, RIGHT_EYE, face_box
 from tests.synth import phone_photo
 
 # Hand-annotated on skimage's astronaut photo (looking at it at 3x): the face's skin from brow-line
@@ -49,7 +48,7 @@ def astro_landmarks(astronaut, detector, predictor) -> np.ndarray:
     return predictor.predict(astronaut, detector.detect_one(astronaut, "astronaut"))
 
 
-def _centre(lm: np.ndarray, part: slice) -> np.ndarray:
+def _centre(lm: np.ndarray, part: np.ndarray) -> np.ndarray:
     return lm[part].mean(axis=0)
 
 
@@ -157,15 +156,15 @@ def test_models_are_found_without_importing_their_package_and_missing_ones_are_n
 def test_backends_are_chosen_by_name_from_registries():
     assert {"hog", "cnn"} <= set(DETECTORS) and "dlib68" in LANDMARKS
     assert isinstance(get_landmark_model(FaceConfig()), LandmarkPredictor)
-    with pytest.raises(ValueError, match=r"unknown face detector 'yolo'; choose from \['cnn', 'hog'\]"):
+    with pytest.raises(InputError, match=r"unknown face detector 'yolo'; choose from \['cnn', 'hog'\]"):
         FaceDetector(FaceConfig(detector="yolo"))
-    with pytest.raises(ValueError, match="unknown landmark model 'nope'"):
+    with pytest.raises(InputError, match="unknown landmark model 'nope'"):
         get_landmark_model(FaceConfig(landmark_model="nope"))
 
 
 # -- crop boxes and masks ----------------------------------------------------------------------------
 def test_crop_box_is_square_with_margin_and_stays_inside_the_image(astro_landmarks):
-    x0, y0, x1, y1 = landmark_box(astro_landmarks)
+    x0, y0, x1, y1 = face_box(astro_landmarks)
     cx, cy, side = crop_box(astro_landmarks, (512, 512), margin=0.5)
     assert side == pytest.approx(max(x1 - x0, y1 - y0) * 2, abs=1)
     assert cx == pytest.approx((x0 + x1) / 2, abs=1) and cy == pytest.approx((y0 + y1) / 2, abs=1)
@@ -191,7 +190,7 @@ def test_crop_box_over_a_clip_is_one_steady_box_that_ignores_a_stray_frame(astro
     clip = astro_landmarks[None] + shifts[:, None] + rng.normal(0, 1.0, (48, 68, 2))
     box = crop_box(clip, (512, 512), margin=0.6)
     x0, y0 = box[0] - box[2] / 2, box[1] - box[2] / 2
-    boxes = landmark_box(clip)
+    boxes = face_box(clip)
     assert (boxes[:, 0] >= x0).all() and (boxes[:, 2] <= x0 + box[2]).all()
     assert (boxes[:, 1] >= y0).all() and (boxes[:, 3] <= y0 + box[2]).all()
     stray = clip.copy()
@@ -203,7 +202,7 @@ def test_crop_box_over_a_clip_is_one_steady_box_that_ignores_a_stray_frame(astro
 
 
 def test_face_mask_is_the_expanded_landmark_box_and_unions_over_frames(astro_landmarks):
-    x0, y0, x1, y1 = landmark_box(astro_landmarks)
+    x0, y0, x1, y1 = face_box(astro_landmarks)
     mask = face_mask(astro_landmarks, (512, 512), expand=1.2)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
     assert (mask > 0).sum() == pytest.approx((x1 - x0) * (y1 - y0) * 1.44, rel=0.05)

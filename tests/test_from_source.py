@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from facepose.errors import FaceposeError, InputError, NoFaceError
-from facepose.pose import face_model as fm
+from facepose import face_layout as layout
 from facepose.pose.presets import load_preset
 from facepose.pose.retarget import decompose
 from facepose.pose.source import fill_lost, from_source, source_kind
@@ -102,7 +102,7 @@ def test_non_square_reference_is_cropped_not_squashed(astronaut, tmp_path):
     path = tmp_path / "wide.jpg"
     Image.fromarray(wide).save(path, quality=97)
     square = from_source("preset:nod", astronaut)
-    shape = lambda lm: fm.inter_ocular(lm) / fm.face_width(lm)  # noqa: E731
+    shape = lambda lm: layout.inter_ocular(lm) / layout.face_width(lm)  # noqa: E731
     for ref in (str(path), tall):
         pose = from_source("preset:nod", ref)
         assert (pose.width, pose.height) == (512, 512)
@@ -164,7 +164,7 @@ def test_landscape_video_drives_the_reference_along_its_path(crop, driving_video
     assert np.corrcoef(motion.roll[seen], ROLL[seen])[0, 1] > 0.97
     assert np.abs(motion.roll[seen] - ROLL[seen]).max() < 2.5
     # Identity stays hers; the hidden frames are bridged without a jump.
-    np.testing.assert_allclose(fm.inter_ocular(pose.landmarks), fm.inter_ocular(crop.landmarks), rtol=0.04)
+    np.testing.assert_allclose(layout.inter_ocular(pose.landmarks), layout.inter_ocular(crop.landmarks), rtol=0.04)
     steps = np.linalg.norm(np.diff(pose.landmarks, axis=0), axis=2).mean(1)
     assert steps[lost[0] - 1: lost[-1] + 1].max() < 3 * np.median(steps) + 1.0
     assert np.abs(pose.head_pose[:, 2] - (pose.head_pose[0, 2] + ROLL)).max() < 4.0

@@ -13,9 +13,8 @@ from facepose.config import Config, TTSConfig
 from facepose.lesson import _font, caption_paths, read_script, script_of, wrap
 from facepose.media.audio import load_audio
 from facepose.render.job import render_video
+from facepose.timeline import FPS, SAMPLE_RATE as SR, frames_for_seconds
 
-SR = 16000
-FPS = 24.0
 # Two paragraphs, no commas inside sentences, so every silence of 0.25 s or more on the audio is a
 # sentence boundary (the synthesiser's own short pauses inside a sentence are shorter).
 SCRIPT = ("# Fractions\n\nA fraction has two parts. The top number is the numerator.\n\n"
@@ -78,7 +77,7 @@ def test_lesson_video_is_as_long_as_its_speech(english_lesson):
     result, out, cfg = english_lesson
     speech, _, hit = cached_speech(read_script(str(out.with_suffix(".md")))[0], cfg.tts, markdown=True)
     assert hit  # the render put it in the cache
-    assert result.frames == int(round(speech.seconds * FPS))
+    assert result.frames == frames_for_seconds(speech.seconds)
     info = probe_video(str(out))
     assert abs(info.duration - speech.seconds) < 1.5 / FPS
     audio = load_audio(str(out), sr=SR)
@@ -105,7 +104,7 @@ def test_subtitle_cues_start_at_each_sentence_onset_on_the_video_audio(english_l
 def test_mouth_follows_the_speech_and_closes_in_the_paragraph_pause(english_lesson):
     from facepose.config import FaceConfig
     from facepose.face.track import track_video
-    from facepose.pose.face_model import mouth_opening
+    from facepose.face_layout import mouth_opening
 
     result, out, _ = english_lesson
     track = track_video(str(out), FaceConfig(), fps=FPS)  # landmarks measured on the rendered frames
@@ -152,7 +151,7 @@ def test_other_languages_speak_with_their_own_voice_and_burn_captions(tmp_path, 
 
     speech, _, hit = cached_speech(text, cfg.tts)
     assert hit and speech.voice == voice and len(speech.cues) == 2
-    assert result.frames == int(round(speech.seconds * FPS))
+    assert result.frames == frames_for_seconds(speech.seconds)
     cues = list(webvtt.read(caption_paths(str(out))[0]))
     assert [c.text for c in cues] == [c.text for c in speech.cues]
     assert "".join(c.text for c in cues).replace(" ", "") == text.replace(" ", "")

@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -342,3 +343,22 @@ def test_bundled_example_manifest_is_valid_and_uses_every_kind_of_pose_source():
     jobs, errors = mf.parse_curate_rows(mf.read_rows(str(examples / "curate.csv")), base=str(examples))
     assert errors == [] and all(Path(j.video).is_file() for j in jobs)
     assert sum(p.stat().st_size for p in examples.iterdir()) < 3 * 1024 * 1024
+
+
+class _BrokenRenderer:
+    """A renderer with a bug: numpy raises ValueError deep inside it."""
+
+    name = "broken"
+
+    def render(self, reference, pose, **kw):
+        yield np.zeros(3) + np.zeros(4)  # operands could not be broadcast
+
+
+def test_a_value_error_in_a_renderer_is_internal_and_an_unknown_backend_is_input(tmp_path, astronaut_png, caplog):
+    job = _job(tmp_path, reference=str(astronaut_png), seconds=0.5)
+    bug = mf.run_render_job(job.to_row(), None, {"warp": _BrokenRenderer()})
+    assert bug["status"] == "error" and bug["error_kind"] == "internal"
+    assert bug["error"].startswith("ValueError: operands could not be broadcast"), bug["error"]
+    assert "Traceback" in caplog.text  # logged with its traceback for whoever fixes it
+    unknown = mf.run_render_job(_job(tmp_path, backend="teleport").to_row(), None, {})
+    assert unknown["error_kind"] == "input" and "unknown renderer 'teleport'; choose from" in unknown["error"]

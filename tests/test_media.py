@@ -25,8 +25,8 @@ from facepose.media import (
     write_video,
 )
 from facepose.media.video import frame_indices
+from facepose.timeline import SAMPLE_RATE as SR
 
-SR = 16000
 # Grey levels 4 apart survive H.264 at crf 18 (measured error <= 1), so a frame's level says which
 # source frame it is.
 STEP = 4

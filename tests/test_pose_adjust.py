@@ -7,6 +7,7 @@ import pytest
 
 from facepose.config import PoseAdjustConfig, load_config
 from facepose.errors import InputError
+from facepose import face_layout as layout
 from facepose.pose import face_model as fm
 from facepose.pose.adjust import adjust_pose, blink_curve
 from facepose.pose.presets import load_preset
@@ -58,10 +59,10 @@ def test_orientation_offset_turns_every_frame(ref):
 @pytest.mark.parametrize("intensity", [0.0, 0.5, 2.0])
 def test_mouth_motion_scales_with_the_expression_intensity(ref, intensity):
     pose = _pose("lively_talk", ref)
-    gap = fm.mouth_gap(pose.landmarks)
+    gap = layout.mouth_gap(pose.landmarks)
     assert np.ptp(gap) > 15  # the preset talks
     out = adjust_pose(pose, PoseAdjustConfig(expression=intensity), rest=ref)
-    assert np.ptp(fm.mouth_gap(out.landmarks)) / np.ptp(gap) == pytest.approx(intensity, abs=0.05)
+    assert np.ptp(layout.mouth_gap(out.landmarks)) / np.ptp(gap) == pytest.approx(intensity, abs=0.05)
 
 
 def test_blink_rate_replaces_the_sources_blinks(ref):

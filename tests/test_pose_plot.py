@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from facepose import storage
-from facepose.pose import face_model as fm
+from facepose import face_layout as layout
 from facepose.pose.plot import plot_pose, pose_curves
 from facepose.pose.presets import load_preset
 from facepose.pose.sequence import PoseSequence
@@ -38,7 +38,7 @@ def test_curves_follow_the_head_pose_and_mouth():
         assert np.corrcoef(fitted.head_pose[:, i], pose.head_pose[:, i])[0, 1] > 0.95
     np.testing.assert_allclose(fitted.head_pose[:, 0], pose.head_pose[:, 0], atol=2.0)
     talk = load_preset("calm_talk")
-    np.testing.assert_allclose(pose_curves(talk).mouth, fm.mouth_opening(talk.landmarks))
+    np.testing.assert_allclose(pose_curves(talk).mouth, layout.mouth_opening(talk.landmarks))
 
 
 def test_plot_from_a_pose_file_to_s3(s3, tmp_path):

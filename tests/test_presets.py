@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from facepose.errors import InputError
+from facepose import face_layout as layout
 from facepose.pose import face_model as fm
 from facepose.pose import presets
 
@@ -22,7 +23,7 @@ def _expr(**amps) -> np.ndarray:
 def eye_openness(lm: np.ndarray) -> np.ndarray:
     """(..., 68, 2) -> (...,) mean lid gap over both eyes / inter-ocular distance."""
     gaps = [lm[..., lo, 1] - lm[..., up, 1] for up, lo in ((37, 41), (38, 40), (43, 47), (44, 46))]
-    return np.mean(gaps, axis=0) / fm.inter_ocular(lm)
+    return np.mean(gaps, axis=0) / layout.inter_ocular(lm)
 
 
 # -- face model ----------------------------------------------------------------------------------
@@ -30,7 +31,7 @@ def test_face_model_is_symmetric_with_closed_mouth_and_nose_forward():
     m = fm.MEAN_3D
     np.testing.assert_allclose(m[fm.MIRROR, 0], -m[:, 0], atol=1e-9)
     np.testing.assert_allclose(m[fm.MIRROR, 1:], m[:, 1:], atol=1e-9)
-    assert fm.mouth_opening(m[:, :2]) < 0.01
+    assert layout.mouth_opening(m[:, :2]) < 0.01
     assert m[30, 2] == m[:, 2].max()  # the nose tip is nearest the camera
     assert m[0, 2] < m[36, 2] < m[39, 2]  # jaw angle behind the outer eye corner, behind the inner one
 
@@ -38,14 +39,14 @@ def test_face_model_is_symmetric_with_closed_mouth_and_nose_forward():
 def test_expression_bases_do_what_their_names_say():
     base = fm.project(None, _expr(), scale=100)[0]
     jaw = fm.project(None, _expr(jaw_open=1.0), scale=100)[0]
-    assert fm.mouth_opening(jaw) > 0.25 and jaw[8, 1] > base[8, 1] + 20  # mouth open, chin down
+    assert layout.mouth_opening(jaw) > 0.25 and jaw[8, 1] > base[8, 1] + 20  # mouth open, chin down
     width = lambda lm: lm[54, 0] - lm[48, 0]  # noqa: E731
     assert width(fm.project(None, _expr(lip_stretch=1.0), scale=100)[0]) > width(base) + 15
     assert width(fm.project(None, _expr(lip_pucker=1.0), scale=100)[0]) < width(base) - 15
     smile = fm.project(None, _expr(smile=1.0), scale=100)[0]
     assert smile[48, 1] < base[48, 1] - 5 and smile[54, 1] < base[54, 1] - 5  # corners up
     brow = fm.project(None, _expr(brow_raise=1.0), scale=100)[0]
-    assert (brow[17:27, 1] < base[17:27, 1] - 8).all()
+    assert (brow[layout.BROWS, 1] < base[layout.BROWS, 1] - 8).all()
     left = fm.project(None, _expr(blink_left=1.0), scale=100)[0]
     lid = lambda lm, up, lo: lm[lo, 1] - lm[up, 1]  # noqa: E731
     assert lid(left, 43, 47) < 0.05 * lid(base, 43, 47)  # subject's left eye (image right) closed
@@ -65,11 +66,11 @@ def test_reference_fit_reproduces_reference_and_closes_its_mouth(astronaut):
     from facepose.face.crop import crop_face
 
     ref = crop_face(astronaut).landmarks
-    assert fm.mouth_opening(ref) > 0.1  # the astronaut smiles with her teeth showing
+    assert layout.mouth_opening(ref) > 0.1  # the astronaut smiles with her teeth showing
     face = fm.ReferenceFace.fit(ref)
     np.testing.assert_allclose(face.landmarks(), ref, atol=1e-3)
     closed = fm.ReferenceFace.fit(ref, close_mouth=True).landmarks()
-    assert fm.mouth_opening(closed) < 0.005
+    assert layout.mouth_opening(closed) < 0.005
     np.testing.assert_allclose(closed[17:48], ref[17:48], atol=1.0)  # eyes, brows, nose stay hers (the jaw rises)
 
 
@@ -109,8 +110,8 @@ def test_presets_move_as_described():
     shake = presets.load_preset("head_shake").head_pose
     assert np.ptp(nod[:, 1]) > 6 and np.ptp(nod[:, 0]) < 3  # pitch, little yaw
     assert np.ptp(shake[:, 0]) > 15 and np.ptp(shake[:, 1]) < 3  # yaw, little pitch
-    talk = fm.mouth_opening(presets.load_preset("lively_talk").landmarks)
-    listen = fm.mouth_opening(presets.load_preset("listen").landmarks)
+    talk = layout.mouth_opening(presets.load_preset("lively_talk").landmarks)
+    listen = layout.mouth_opening(presets.load_preset("listen").landmarks)
     assert talk.max() > 0.15 and listen.max() < 0.02
     idle = presets.load_preset("idle")
     eyes = eye_openness(idle.landmarks)

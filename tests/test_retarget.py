@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from facepose.errors import InputError
+from facepose import face_layout as layout
 from facepose.pose import face_model as fm
 from facepose.pose.retarget import decompose, retarget
 from facepose.pose.sequence import PoseSequence
@@ -59,11 +60,11 @@ def test_relative_retarget_keeps_identity_while_head_and_mouth_follow_the_driver
 
     # Identity: the reference's inter-ocular distance and face width, changed only as the driver's change
     # with its head turn (foreshortening), never towards the driver's proportions.
-    for measure in (fm.inter_ocular, fm.face_width):
+    for measure in (layout.inter_ocular, layout.face_width):
         ours = measure(L) / measure(reference)
         theirs = measure(D) / measure(D[0])
         np.testing.assert_allclose(ours, theirs, rtol=0.03)
-    shape = lambda lm: fm.inter_ocular(lm) / fm.face_width(lm)  # noqa: E731
+    shape = lambda lm: layout.inter_ocular(lm) / layout.face_width(lm)  # noqa: E731
     assert abs(shape(reference) - shape(D[0])) > 0.08  # the two faces really differ ...
     np.testing.assert_allclose(shape(L[t < 0.1]), shape(reference), rtol=0.03)  # ... and the output is hers
 
@@ -73,9 +74,9 @@ def test_relative_retarget_keeps_identity_while_head_and_mouth_follow_the_driver
     assert np.corrcoef(yaw, YAW)[0, 1] > 0.99
     assert 0.75 < np.ptp(yaw) / np.ptp(YAW) < 1.25
     # Mouth: the inner-lip gap in face units opens as the driver's does (on top of her own smile).
-    ours = fm.mouth_gap(L) / rigid_scale(L)
+    ours = layout.mouth_gap(L) / rigid_scale(L)
     ours = ours - ours[0]
-    theirs = fm.mouth_gap(D) / rigid_scale(D)
+    theirs = layout.mouth_gap(D) / rigid_scale(D)
     assert np.corrcoef(ours, theirs)[0, 1] > 0.99
     assert ours.max() == pytest.approx(theirs.max(), rel=0.2)
     np.testing.assert_allclose(out.head_pose[:, 0], YAW, atol=1e-4)  # relative to the driver's rest frame
@@ -116,7 +117,7 @@ def test_absolute_mode_places_the_driver_shape_in_the_reference_box(reference):
     driver = driver_along_path()
     out = retarget(driver, reference, (512, 512), mode="absolute")
     L, D = out.landmarks.astype(np.float64), driver.landmarks.astype(np.float64)
-    shape = lambda lm: fm.inter_ocular(lm) / fm.face_width(lm)  # noqa: E731
+    shape = lambda lm: layout.inter_ocular(lm) / layout.face_width(lm)  # noqa: E731
     np.testing.assert_allclose(shape(L), shape(D), rtol=1e-4)  # the driver's face shape ...
     c_ref = reference[fm.RIGID_POINTS].mean(0)
     assert np.linalg.norm(L[0, fm.RIGID_POINTS].mean(0) - c_ref) < 10  # ... where the reference's face is

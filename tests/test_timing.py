@@ -15,10 +15,9 @@ import pytest
 from facepose.config import Config
 from facepose.media.audio import fit_track, load_audio, to_video_timeline
 from facepose.media.video import probe_video, read_frames
+from facepose.timeline import FPS, SAMPLE_RATE as SR
 from tests.fixtures_batch import moving_face_frames
 
-SR = 16000
-FPS = 24
 
 
 def write_av(path: Path, frames: np.ndarray, audio: Optional[np.ndarray], video_start: float = 0.0, audio_start: float = 0.0) -> Path:

@@ -21,21 +21,20 @@ from facepose.media.video import probe_video, read_frames, write_video
 from facepose.pose.sequence import PoseSequence
 from facepose.render import get_renderer
 from facepose.render.warp import WarpRenderer
-from facepose.render.warp_face import eye_opening, mouth_opening
+from facepose.face_layout import BROWS, INNER_LIP, LEFT_EYE, LOWER_INNER, OUTER_LIP, RIGHT_EYE, UPPER_INNER, eye_opening, mouth_aspect_ratio
 
 T = 48
 MOUTH_PEAK = 12  # frame where the jaw is dropped furthest
 BLINK = 38  # frame where the lids are shut
 SIZE = 512
 
-RIGHT_EYE, LEFT_EYE = np.arange(36, 42), np.arange(42, 48)
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def motion_path(lm: np.ndarray, frames: int = T) -> np.ndarray:
     """lm: (68, 2) crop landmarks -> (T, 68, 2): roll up to 4 degrees and a few pixels of sway about the
     face centre, the jaw dropping (peak at MOUTH_PEAK), the lids shutting (at BLINK). Frame 0 is ``lm``."""
-    face_h = float(lm[8, 1] - lm[17:27, 1].min())
+    face_h = float(lm[8, 1] - lm[BROWS, 1].min())
     centre = lm.mean(axis=0)
     out = []
     for t in range(frames):
@@ -153,14 +152,14 @@ def test_pixels_outside_the_face_mask_hold_still(rendered, video, targets, crop)
 
 def test_open_mouth_shows_a_dark_interior_below_the_lips(rendered, targets):
     frame, lm = rendered[MOUTH_PEAK], targets[MOUTH_PEAK]
-    assert mouth_opening(lm) > mouth_opening(targets[0]) + 0.1  # the path does open the mouth
+    assert mouth_aspect_ratio(lm) > mouth_aspect_ratio(targets[0]) + 0.1  # the path does open the mouth
     # centre of the opening (between the inner lips' middles), a box a third of the gap high
     c = 0.5 * (lm[62] + lm[66])
     gap, w = float(lm[66, 1] - lm[62, 1]), float(lm[64, 0] - lm[60, 0])
     y0, y1 = int(c[1] - gap / 6), int(c[1] + gap / 6) + 1
     x0, x1 = int(c[0] - w / 6), int(c[0] + w / 6) + 1
     cavity = luma(frame[y0:y1, x0:x1]).mean()
-    lips = poly_mask(lm[48:60]) & ~poly_mask(lm[60:68])
+    lips = poly_mask(lm[OUTER_LIP]) & ~poly_mask(lm[INNER_LIP])
     lip_luma = luma(frame)[lips].mean()
     assert cavity < lip_luma - 50, (cavity, lip_luma)
     # the same spot at rest shows the astronaut's teeth, not a hole
@@ -172,12 +171,12 @@ def test_open_mouth_shows_a_dark_interior_below_the_lips(rendered, targets):
 def test_closing_the_lips_shows_a_dark_seam_not_the_references_teeth(renderer, astronaut, crop):
     image, lm = crop
     shut = lm.copy()
-    mid = 0.5 * (lm[[61, 62, 63]] + lm[[67, 66, 65]])
-    shut[[61, 62, 63]], shut[[67, 66, 65]] = mid, mid  # the astronaut smiles with her teeth showing
+    mid = 0.5 * (lm[UPPER_INNER] + lm[LOWER_INNER])
+    shut[UPPER_INNER], shut[LOWER_INNER] = mid, mid  # the astronaut smiles with her teeth showing
     frame = next(iter(renderer.render(astronaut, PoseSequence(shut[None], width=SIZE, height=SIZE))))
     seam = np.round(mid).astype(int)
     seam_luma = luma(frame)[seam[:, 1], seam[:, 0]].mean()
-    lips = poly_mask(shut[48:60]) & ~poly_mask(shut[60:68])
+    lips = poly_mask(shut[OUTER_LIP]) & ~poly_mask(shut[INNER_LIP])
     assert seam_luma < luma(frame)[lips].mean() - 20  # measured: 35 darker (without the seam: 15 brighter)
     assert seam_luma < luma(image)[seam[:, 1], seam[:, 0]].mean() - 60  # teeth were there
 
@@ -206,8 +205,8 @@ def test_mesh_keeps_lip_and_eye_contours_as_edges(crop):
 
     tri = triangulate(crop[1], border_anchors((0, 0, SIZE, SIZE)))
     edges = {tuple(sorted((int(a), int(b)))) for t in tri for a, b in ((t[0], t[1]), (t[1], t[2]), (t[2], t[0]))}
-    for first, last in ((48, 59), (60, 67), (36, 41), (42, 47)):
-        ring = list(range(first, last + 1))
+    for group in (OUTER_LIP, INNER_LIP, RIGHT_EYE, LEFT_EYE):
+        ring = [int(i) for i in group]
         missing = [(a, b) for a, b in zip(ring, ring[1:] + ring[:1]) if tuple(sorted((a, b))) not in edges]
         assert not missing, missing  # else opening the mouth would drag skin into it
 

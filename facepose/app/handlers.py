@@ -26,6 +26,7 @@ import numpy as np
 from facepose.config import AppConfig, Config, PoseAdjustConfig
 from facepose.errors import FaceposeError, InputError, MediaError, ModelNotFoundError
 from facepose.render.base import ProgressFn
+from facepose.timeline import SAMPLE_RATE, samples_for_frames
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ BACKENDS: dict[str, str] = {
     "warp": "fast, CPU, no weights: warps the photo along the landmarks",
     "diffusion": "the paper's model: needs a checkpoint and, in practice, a GPU",
 }
-AUDIO_SR = 16000
 
 
 # -- workspace ------------------------------------------------------------------------------------
@@ -291,9 +291,9 @@ def check_seconds(seconds: Optional[float], driver: str, kind: str, app: AppConf
     return None
 
 
-def fit_audio(audio: np.ndarray, frames: int, fps: float, sr: int = AUDIO_SR) -> np.ndarray:
+def fit_audio(audio: np.ndarray, frames: int, fps: float, sr: int = SAMPLE_RATE) -> np.ndarray:
     """audio: (N,) float32 -> (round(frames / fps * sr),) trimmed, or looped as a looped pose loops it."""
-    n = int(round(frames / fps * sr))
+    n = samples_for_frames(frames, fps, sr)
     return np.resize(audio, n) if len(audio) else np.zeros(n, np.float32)
 
 
@@ -374,11 +374,11 @@ def make_pose_preview(
     if len(pose) == 0:
         raise InputError(f"the pose from {Path(driver).name} has 0 frames; use a longer source")
     audio_uri = pose.meta.get("audio")
-    audio = fit_audio(load_audio(audio_uri, sr=AUDIO_SR), len(pose), pose.fps) if audio_uri else None
+    audio = fit_audio(load_audio(audio_uri, sr=SAMPLE_RATE), len(pose), pose.fps) if audio_uri else None
     stem = driver.split(":", 1)[-1] if kind == "preset" else Path(driver).stem
     video = ws.new("poses", ".mp4", stem)
     size = cfg.pose.size
-    with VideoWriter(str(video), fps=pose.fps, audio=audio, sample_rate=AUDIO_SR) as writer:
+    with VideoWriter(str(video), fps=pose.fps, audio=audio, sample_rate=SAMPLE_RATE) as writer:
         for i, image in enumerate(iter_pose_images(pose, size=size, lines=True)):
             writer.write(image)
             if progress is not None:
@@ -437,7 +437,7 @@ class RendererPool:
             self.get(name)
         except FaceposeError as e:  # ModelNotFoundError, a bad model config, unreachable weights
             return BackendStatus(name, False, str(e))
-        except (ImportError, ValueError) as e:  # an optional backend whose code or packages are absent
+        except ImportError as e:  # an optional backend whose code or packages are absent
             return BackendStatus(name, False, f"{type(e).__name__}: {e}")
         return BackendStatus(name, True)
 

@@ -2,7 +2,8 @@
 
 from facepose.face.crop import FaceCrop, crop_box, crop_face, crop_frames, crop_image, face_mask, to_crop
 from facepose.face.detect import DETECTORS, FaceDetector, models_dir
-from facepose.face.landmarks import LANDMARKS, LandmarkPredictor, get_landmark_model, landmark_box, register_landmarks
+from facepose.face.landmarks import LANDMARKS, LandmarkPredictor, get_landmark_model, register_landmarks
+from facepose.face_layout import face_box
 from facepose.face.track import FaceTracker, track_frames, track_video
 
 __all__ = [
@@ -16,9 +17,9 @@ __all__ = [
     "crop_face",
     "crop_frames",
     "crop_image",
+    "face_box",
     "face_mask",
     "get_landmark_model",
-    "landmark_box",
     "models_dir",
     "register_landmarks",
     "to_crop",

@@ -21,17 +21,13 @@ import numpy as np
 
 from facepose.config import FaceConfig
 from facepose.errors import NoFaceError
+from facepose.face_layout import is_seen, locator_box
 
 CropBox = tuple[float, float, float]  # (cx, cy, side) in source pixels; cx - side/2 and side are whole numbers
 
 # Over a clip, the box covers the landmark boxes between these percentiles of their edges: a few
 # frames with a bad fit do not widen the crop for the whole clip.
 UNION_PERCENTILES = (5.0, 95.0)
-
-
-def _seen(landmarks: np.ndarray) -> np.ndarray:
-    """(T, 68, 2) -> (T,) frames that are finite and not the all-zero filler of a lost frame."""
-    return np.isfinite(landmarks).all(axis=(1, 2)) & (landmarks != 0).any(axis=(1, 2))
 
 
 def crop_box(
@@ -52,7 +48,7 @@ def crop_box(
         lm = lm[None]
     if lm.ndim != 3 or lm.shape[1:] != (68, 2):
         raise ValueError(f"landmarks must be (68, 2) or (T, 68, 2), got {lm.shape}")
-    keep = _seen(lm) if visible is None else np.asarray(visible, bool) & _seen(lm)
+    keep = is_seen(lm) if visible is None else np.asarray(visible, bool) & is_seen(lm)
     if not keep.any():
         raise NoFaceError("no frame with a face to place the crop on; check the pose's scores")
     lm = lm[keep]
@@ -117,17 +113,16 @@ def face_mask(landmarks: np.ndarray, size: tuple[int, int], expand: float = 1.2)
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.ndim == 2:
         lm = lm[None]
-    lm = lm[_seen(lm)]
+    lm = lm[is_seen(lm)]
     w, h = int(size[0]), int(size[1])
     mask = np.zeros((h, w), np.uint8)
     if len(lm) == 0:
         return mask
-    lo, hi = lm.min(axis=1), lm.max(axis=1)
-    c, half = (lo + hi) / 2, (hi - lo) / 2 * expand
-    x0 = np.clip(np.floor(c[:, 0] - half[:, 0]), 0, w).astype(int)
-    x1 = np.clip(np.ceil(c[:, 0] + half[:, 0]), 0, w).astype(int)
-    y0 = np.clip(np.floor(c[:, 1] - half[:, 1]), 0, h).astype(int)
-    y1 = np.clip(np.ceil(c[:, 1] + half[:, 1]), 0, h).astype(int)
+    box = locator_box(lm, expand)  # (T, 4)
+    x0 = np.clip(np.floor(box[:, 0]), 0, w).astype(int)
+    x1 = np.clip(np.ceil(box[:, 2]), 0, w).astype(int)
+    y0 = np.clip(np.floor(box[:, 1]), 0, h).astype(int)
+    y1 = np.clip(np.ceil(box[:, 3]), 0, h).astype(int)
     for a, b, cc, d in set(zip(x0, y0, x1, y1)):
         mask[b:d, a:cc] = 255
     return mask

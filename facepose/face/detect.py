@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from facepose.config import FaceConfig
-from facepose.errors import ModelNotFoundError, NoFaceError
+from facepose.errors import InputError, ModelNotFoundError, NoFaceError
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class FaceDetector:
     def __init__(self, cfg: Optional[FaceConfig] = None):
         cfg = cfg or FaceConfig()
         if cfg.detector not in DETECTORS:
-            raise ValueError(f"unknown face detector {cfg.detector!r}; choose from {sorted(DETECTORS)}")
+            raise InputError(f"unknown face detector {cfg.detector!r}; choose from {sorted(DETECTORS)}")
         self.name = cfg.detector
         self.detect_size = int(cfg.detect_size)
         self.upsample = int(cfg.upsample)

@@ -15,18 +15,10 @@ from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from facepose.config import FaceConfig
+from facepose.errors import InputError
 from facepose.face.detect import SHAPE_PREDICTOR_68, model_path
 
-N_POINTS = 68
-
-# Index ranges of the iBUG 68-point layout.
-JAW = slice(0, 17)
-RIGHT_BROW = slice(17, 22)  # the subject's right: the left side of the image
-LEFT_BROW = slice(22, 27)
-NOSE = slice(27, 36)
-RIGHT_EYE = slice(36, 42)
-LEFT_EYE = slice(42, 48)
-MOUTH = slice(48, 68)
+from facepose.face_layout import N_POINTS  # noqa: F401 - the layout and its measures live in facepose.face_layout
 
 
 @runtime_checkable
@@ -63,7 +55,7 @@ def get_landmark_model(cfg: Optional[FaceConfig] = None, name: Optional[str] = N
     if name not in LANDMARKS and name in _OPTIONAL:
         importlib.import_module(_OPTIONAL[name])
     if name not in LANDMARKS:
-        raise ValueError(f"unknown landmark model {name!r}; choose from {sorted(set(LANDMARKS) | set(_OPTIONAL))}")
+        raise InputError(f"unknown landmark model {name!r}; choose from {sorted(set(LANDMARKS) | set(_OPTIONAL))}")
     return LANDMARKS[name](cfg)
 
 
@@ -97,22 +89,3 @@ class LandmarkPredictor:
 @register_landmarks("dlib68")
 def _dlib68(cfg: FaceConfig) -> LandmarkModel:
     return LandmarkPredictor(cfg)
-
-
-# -- landmark geometry -----------------------------------------------------------------------------
-def landmark_box(landmarks: np.ndarray) -> np.ndarray:
-    """landmarks: (..., 68, 2) -> (..., 4) bounding boxes (x0, y0, x1, y1)."""
-    lm = np.asarray(landmarks, dtype=np.float32)
-    return np.concatenate([lm.min(axis=-2), lm.max(axis=-2)], axis=-1)
-
-
-def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(..., 68, 2) -> (image-left eye centre, image-right eye centre), each (..., 2)."""
-    lm = np.asarray(landmarks, dtype=np.float32)
-    return lm[..., RIGHT_EYE, :].mean(axis=-2), lm[..., LEFT_EYE, :].mean(axis=-2)
-
-
-def is_seen(landmarks: np.ndarray) -> np.ndarray:
-    """(..., 68, 2) -> (...) bool: finite and not the all-zero filler of a frame where the face was lost."""
-    lm = np.asarray(landmarks)
-    return np.isfinite(lm).all(axis=(-2, -1)) & (np.abs(lm) > 0).any(axis=(-2, -1))

@@ -31,6 +31,7 @@ from facepose.face.detect import Box, FaceDetector
 from facepose.face.landmarks import N_POINTS, LandmarkModel, get_landmark_model
 from facepose.pose.sequence import PoseSequence
 from facepose.pose.smooth import smooth_landmarks
+from facepose.timeline import FPS, frames_for_seconds
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class FaceTracker:
     def __init__(
         self,
         cfg: Optional[FaceConfig] = None,
-        fps: float = 24.0,
+        fps: float = FPS,
         *,
         detector: Optional[FaceDetector] = None,
         landmarks: Optional[LandmarkModel] = None,
@@ -240,7 +241,7 @@ def _agrees(det: Rect, tracked: Rect) -> bool:
 def track_frames(
     frames: Iterable[np.ndarray],
     cfg: Optional[FaceConfig] = None,
-    fps: float = 24.0,
+    fps: float = FPS,
     progress: Optional[ProgressFn] = None,
     total: int = 0,
     source: str = "frames",
@@ -279,7 +280,7 @@ def track_frames(
 def track_video(
     uri: str,
     cfg: Optional[FaceConfig] = None,
-    fps: float = 24.0,
+    fps: float = FPS,
     progress: Optional[ProgressFn] = None,
     start_s: Optional[float] = None,
     end_s: Optional[float] = None,
@@ -298,7 +299,7 @@ def track_video(
                 info = probe_video(path)
                 t0 = start_s or 0.0
                 t1 = info.duration if end_s is None else min(end_s, info.duration)
-                total = max(0, int(round((t1 - t0) * fps)))
+                total = max(0, frames_for_seconds(t1 - t0, fps))
             frames = iter_frames(path, fps=fps, start_s=start_s, end_s=end_s)
             return track_frames(frames, cfg, fps, progress=progress, total=total, source=name)
         except MediaError as e:

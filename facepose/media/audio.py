@@ -28,6 +28,7 @@ import numpy as np
 from facepose import storage
 from facepose.errors import InputError, MediaError
 from facepose.media.video import _check_mp4_boxes, _short
+from facepose.timeline import SAMPLE_RATE, samples_for_frames
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ _SOUNDFILE_EXTS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".
 
 def load_audio(
     uri: str | os.PathLike,
-    sr: int = 16000,
+    sr: int = SAMPLE_RATE,
     start_s: float = 0.0,
     end_s: Optional[float] = None,
     *,
@@ -97,7 +98,7 @@ def audio_duration(uri: str | os.PathLike) -> float:
             raise
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise MediaError(f"{name}: cannot read audio ({_short(exc)}); the file may be corrupt or not a media file") from None
-        return len(_read_pyav(path, name, 16000)) / 16000.0  # no duration in the header: decode and count
+        return len(_read_pyav(path, name, SAMPLE_RATE)) / float(SAMPLE_RATE)  # no duration in the header: decode and count
 
 
 def _read_soundfile(path: Path, name: str, sr: int) -> Optional[np.ndarray]:
@@ -189,10 +190,10 @@ def fit_track(audio: np.ndarray, frames: int, fps: float, sr: int, period_frames
     the audio is first padded with silence or trimmed to exactly that many frames, then repeated, so a
     looped driver's sound loops with its frames. Without it the audio itself repeats (a speech driver
     whose pose was made from the looped audio, ``np.resize``) or is trimmed."""
-    n = int(round(frames / fps * sr))
+    n = samples_for_frames(frames, fps, sr)
     audio = np.asarray(audio, np.float32)
     if period_frames is not None and period_frames > 0:
-        p = int(round(period_frames / fps * sr))
+        p = samples_for_frames(period_frames, fps, sr)
         audio = audio[:p] if len(audio) >= p else np.concatenate([audio, np.zeros(p - len(audio), np.float32)])
     if len(audio) == 0:
         return np.zeros(n, np.float32)

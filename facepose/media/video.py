@@ -41,6 +41,7 @@ import numpy as np
 
 from facepose import storage
 from facepose.errors import InputError, MediaError
+from facepose.timeline import FPS, SAMPLE_RATE, frames_for_seconds, samples_for_frames
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class VideoInfo:
 
     def frames_at(self, fps: float) -> int:
         """How many frames :func:`iter_frames` yields for the whole video at ``fps``."""
-        return _round(self.duration * fps)
+        return frames_for_seconds(self.duration, fps)
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -428,11 +429,6 @@ class _Overshot(Exception):
     """A seek landed after the first wanted frame (or frames lack timestamps): decode from the start."""
 
 
-def _round(x: float) -> int:
-    """Round half up, with a little slack for float noise (47.9999997 -> 48)."""
-    return int(np.floor(x + 0.5 + 1e-6))
-
-
 def frame_indices(
     starts: np.ndarray,
     duration: float,
@@ -455,7 +451,7 @@ def frame_indices(
     t0 = float(starts[0]) if len(starts) else 0.0
     lo = max(0.0, float(start_s or 0.0))
     hi = duration if end_s is None else min(float(end_s), duration)
-    count = max(0, _round((hi - lo) * fps))
+    count = max(0, frames_for_seconds(hi - lo, fps))
     frames = np.arange(count)[slice(start, stop)]
     t = t0 + lo + frames / fps
     right = np.clip(np.searchsorted(starts, t, side="left"), 0, len(starts) - 1)
@@ -474,7 +470,7 @@ def probe_video(uri: str | os.PathLike) -> VideoInfo:
 
 def iter_frames(
     uri: str | os.PathLike,
-    fps: float = 24.0,
+    fps: float = FPS,
     start: int = 0,
     stop: Optional[int] = None,
     chunk: int = 48,
@@ -500,7 +496,7 @@ def iter_frames(
         yield from src.chunks(indices, chunk)
 
 
-def read_frames(uri: str | os.PathLike, fps: float = 24.0, start: int = 0, stop: Optional[int] = None, **kwargs) -> np.ndarray:
+def read_frames(uri: str | os.PathLike, fps: float = FPS, start: int = 0, stop: Optional[int] = None, **kwargs) -> np.ndarray:
     """All frames of a range at once: (T, H, W, 3) uint8. For long videos use :func:`iter_frames`."""
     chunks = list(iter_frames(uri, fps=fps, start=start, stop=stop, **kwargs))
     if chunks:
@@ -528,9 +524,9 @@ class VideoWriter(AbstractContextManager):
     def __init__(
         self,
         uri: str | os.PathLike,
-        fps: float = 24,
+        fps: float = FPS,
         audio: Optional[np.ndarray] = None,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         crf: int = 18,
         preset: str = "veryfast",
         *,
@@ -629,7 +625,7 @@ class VideoWriter(AbstractContextManager):
 
     def _audio_samples(self, frames: int) -> int:
         """Audio samples that span ``frames`` video frames."""
-        return _round(frames * self.sample_rate / float(self.rate))
+        return samples_for_frames(frames, float(self.rate), self.sample_rate)
 
     def _write_audio_until(self, end: int) -> None:
         import av
@@ -672,9 +668,9 @@ class VideoWriter(AbstractContextManager):
 def write_video(
     uri: str | os.PathLike,
     frames: Iterable[np.ndarray],
-    fps: float = 24,
+    fps: float = FPS,
     audio: Optional[np.ndarray] = None,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     **kwargs,
 ) -> int:
     """Write frames ((T, H, W, 3) array or any iterable of (H, W, 3) uint8) as an H.264 mp4; returns the

@@ -26,10 +26,11 @@ import numpy as np
 
 from facepose.config import PoseAdjustConfig
 from facepose.errors import InputError
+from facepose.face_layout import LEFT_EYE, RIGHT_EYE
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
 
-EYE_POINTS = np.arange(36, 48)  # lids and eye corners: driven by blinks, not by ``expression``
+EYE_POINTS = np.concatenate([RIGHT_EYE, LEFT_EYE])  # lids and eye corners: driven by blinks, not by ``expression``
 BLINK_S = 0.22  # length of one synthetic blink (close and open), seconds
 MAX_SMOOTH_S = 0.25  # Gaussian sigma at smoothing = 1, seconds
 LIMITS = {"head_amplitude": (0.0, 3.0), "expression": (0.0, 3.0), "blink_rate": (0.0, 120.0),
@@ -106,7 +107,7 @@ def adjust_pose(pose: PoseSequence, cfg: Optional[PoseAdjustConfig], rest: Optio
         return pose
     assert cfg is not None
     check(cfg)
-    seen = pose.visible & np.isfinite(pose.landmarks).all(axis=(1, 2))
+    seen = pose.visible
     if not seen.any():
         return pose
     lm = pose.landmarks[seen].astype(np.float64)  # (S, 68, 2)

@@ -22,8 +22,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-FPS = 24.0
+from facepose.timeline import FPS, SAMPLE_RATE, frames_for_samples
 N_FFT = 1024  # 64 ms analysis window at 16 kHz
 N_MELS = 80  # log-mel bands (curation's curate.n_mels; a learned model records its own)
 BLOCK_FRAMES = 480  # frames per block: 20 s at 24 fps
@@ -64,9 +63,7 @@ class AudioFeatures:
         return np.maximum(10.0 ** (self.rms_db.astype(np.float64) / 20.0) - 1e-9, 0.0).astype(np.float32)
 
 
-def n_frames(samples: int, sr: int = SAMPLE_RATE, fps: float = FPS) -> int:
-    """Frames for ``samples`` of audio: round(fps * duration), halves up (as facepose.media.video counts)."""
-    return int(np.floor(samples * fps / sr + 0.5 + 1e-6))
+n_frames = frames_for_samples  # frames for a count of samples (facepose.timeline)
 
 
 def frame_centres(k0: int, k1: int, sr: int = SAMPLE_RATE, fps: float = FPS) -> np.ndarray:

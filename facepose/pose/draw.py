@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
+from facepose import face_layout as layout
 from facepose.errors import InputError
 from facepose.pose.sequence import N_POINTS, PoseSequence
 
@@ -31,16 +32,19 @@ BASE_RADIUS = 3  # DWPose's face point radius ...
 BASE_SIZE = 512  # ... on a canvas whose shorter side is this
 
 # iBUG 68-point contours: (first, last, closed). Lines are grey-ish so the white dots stay visible.
-CONTOURS: tuple[tuple[int, int, bool], ...] = (
-    (0, 16, False),  # jaw
-    (17, 21, False),  # right brow (image left)
-    (22, 26, False),  # left brow
-    (27, 30, False),  # nose bridge
-    (31, 35, False),  # nostrils
-    (36, 41, True),  # right eye
-    (42, 47, True),  # left eye
-    (48, 59, True),  # outer lips
-    (60, 67, True),  # inner lips
+CONTOURS: tuple[tuple[int, int, bool], ...] = tuple(
+    (int(part[0]), int(part[-1]), closed)
+    for part, closed in (
+        (layout.JAW, False),
+        (layout.RIGHT_BROW, False),  # image left
+        (layout.LEFT_BROW, False),
+        (layout.NOSE_BRIDGE, False),
+        (layout.NOSTRILS, False),
+        (layout.RIGHT_EYE, True),
+        (layout.LEFT_EYE, True),
+        (layout.OUTER_LIP, True),
+        (layout.INNER_LIP, True),
+    )
 )
 CONTOUR_COLOURS: tuple[tuple[int, int, int], ...] = (
     (120, 120, 120),  # jaw

@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+from facepose.face_layout import INNER_LIP_PAIRS, MOUTH
+
 EXPRESSIONS = ("jaw_open", "lip_stretch", "lip_pucker", "smile", "brow_raise", "blink_left", "blink_right")
 N_EXPR = len(EXPRESSIONS)
 
@@ -35,8 +37,6 @@ MIRROR = np.array(
     + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]
     + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65]
 )
-# Inner-lip pairs (upper, lower) whose gap is the mouth opening.
-INNER_LIP_PAIRS = np.array([[61, 67], [62, 66], [63, 65]])
 
 # Frontal x, y of the right half (and midline) of the face; the left half mirrors it. Eyes, brows, nose
 # and jaw: skimage's astronaut, symmetrised and normalised; the mouth: authored neutral and closed.
@@ -131,8 +131,7 @@ def _build_bases(mean: np.ndarray) -> np.ndarray:
         pk[i, 1] = pk[MIRROR[i], 1] = -0.02
     for i in (59, 58, 57):
         pk[i, 1] = pk[MIRROR[i], 1] = 0.025
-    for i in range(48, 68):
-        pk[i, 2] = 0.09
+    pk[MOUTH, 2] = 0.09
 
     # smile: corners out and up, upper lip raised at the sides, cheeks push the lower lids up.
     sm = B[3]
@@ -266,43 +265,6 @@ def invert_similarity(scale: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[
     Rt = np.swapaxes(R, -1, -2)
     inv_s = 1.0 / np.asarray(scale, np.float64)
     return inv_s, Rt, -inv_s[..., None] * np.einsum("...ij,...j->...i", Rt, t)
-
-
-# -- measures --------------------------------------------------------------------------------------
-def eye_centers(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(..., 68, 2) -> image-left eye centre (points 36-41) and image-right eye centre (42-47)."""
-    lm = np.asarray(landmarks, np.float64)
-    return lm[..., 36:42, :].mean(-2), lm[..., 42:48, :].mean(-2)
-
-
-def inter_ocular(landmarks: np.ndarray) -> np.ndarray:
-    """(..., 68, 2) -> (...,) distance between the eye centres."""
-    a, b = eye_centers(landmarks)
-    return np.linalg.norm(b - a, axis=-1)
-
-
-def face_width(landmarks: np.ndarray) -> np.ndarray:
-    """(..., 68, 2) -> (...,) distance between jaw points 0 and 16 (the face width at the temples)."""
-    lm = np.asarray(landmarks, np.float64)
-    return np.linalg.norm(lm[..., 16, :] - lm[..., 0, :], axis=-1)
-
-
-def mouth_gap(landmarks: np.ndarray) -> np.ndarray:
-    """(..., 68, 2) -> (...,) mean inner-lip gap in pixels (0 when the lips touch or overlap)."""
-    lm = np.asarray(landmarks, np.float64)
-    up = lm[..., INNER_LIP_PAIRS[:, 0], :]
-    lo = lm[..., INNER_LIP_PAIRS[:, 1], :]
-    # Signed along the face's vertical (eyes-to-mouth direction), so crossed lips read as closed.
-    a, b = eye_centers(lm)
-    down = lm[..., 57, :] - (a + b) / 2
-    down = down / np.maximum(np.linalg.norm(down, axis=-1, keepdims=True), 1e-9)
-    gap = np.einsum("...nd,...d->...n", lo - up, down)
-    return np.clip(gap, 0, None).mean(-1)
-
-
-def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
-    """(..., 68, 2) -> (...,) inner-lip gap divided by the inter-ocular distance (about 0 closed, 0.5 wide open)."""
-    return mouth_gap(landmarks) / np.maximum(inter_ocular(landmarks), 1e-9)
 
 
 # -- pose estimation -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Optional, Union
 import numpy as np
 
 from facepose import storage
+from facepose import face_layout as layout
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
 
@@ -29,7 +30,7 @@ def pose_curves(pose: PoseSequence) -> PoseCurves:
     model (weak perspective) and shown relative to the first seen frame. Lost frames are NaN."""
     t = np.arange(len(pose)) / float(pose.fps)
     seen = pose.visible
-    mouth = np.where(seen, fm.mouth_opening(pose.landmarks), np.nan)  # lost frames are gaps, not zeros
+    mouth = np.where(seen, layout.mouth_opening(pose.landmarks), np.nan)  # lost frames are gaps, not zeros
     if pose.head_pose is not None:
         return PoseCurves(t, mouth, np.asarray(pose.head_pose, np.float64), False)
     hp = np.full((len(pose), 3), np.nan)

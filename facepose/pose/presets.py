@@ -23,8 +23,8 @@ import numpy as np
 from facepose.errors import InputError
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
+from facepose.timeline import FPS, frames_for_seconds
 
-FPS = 24
 CANVAS = 512
 # Model placement on the 512 canvas: about where crop_face puts a face.
 MODEL_SCALE = fm.CROP_SCALE  # pixels per model unit (half the face width)
@@ -273,7 +273,7 @@ def preset_track(name: str) -> FaceTrack:
     if name not in PRESETS:
         raise _unknown(name)
     p = PRESETS[name]
-    n = int(round(p.seconds * FPS))
+    n = frames_for_seconds(p.seconds)
     t = np.arange(n) / FPS
     return p.build(t, n / FPS)
 
@@ -284,7 +284,7 @@ def presets_dir() -> Path:
 
 def list_presets() -> list[tuple[str, str, float]]:
     """-> [(name, description, seconds)] of the bundled presets."""
-    return [(p.name, p.description, float(round(p.seconds * FPS)) / FPS) for p in PRESETS.values()]
+    return [(p.name, p.description, frames_for_seconds(p.seconds) / FPS) for p in PRESETS.values()]
 
 
 @functools.lru_cache(maxsize=32)

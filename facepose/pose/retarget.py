@@ -26,6 +26,7 @@ from typing import Literal, Union
 import numpy as np
 
 from facepose.errors import InputError
+from facepose import face_layout as layout
 from facepose.pose import face_model as fm
 from facepose.pose.sequence import PoseSequence
 
@@ -95,7 +96,7 @@ def pick_neutral(pose: PoseSequence, neutral: Union[int, str] = 0) -> int:
         hp = fm.estimate_head_pose(lm)
         off = np.abs(hp - np.median(hp, axis=0)).sum(1)
         frontal = off <= np.percentile(off, 30)
-        opening = np.where(frontal, fm.mouth_opening(lm), np.inf)
+        opening = np.where(frontal, layout.mouth_opening(lm), np.inf)
         return int(seen[int(np.argmin(opening))])
     if isinstance(neutral, str):
         raise InputError(f"retarget neutral must be a frame index or 'auto', got {neutral!r}")

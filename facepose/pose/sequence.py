@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facepose.errors import PoseFormatError
+from facepose.face_layout import N_POINTS, face_size, is_seen
+from facepose.timeline import FPS, frames_for_seconds
 
-N_POINTS = 68
 LAYOUT = "face68"
 FORMAT_VERSION = "1"
 
@@ -35,7 +36,7 @@ class PoseSequence:
 
     landmarks: np.ndarray
     scores: Optional[np.ndarray] = None
-    fps: float = 24.0
+    fps: float = FPS
     width: int = 512
     height: int = 512
     head_pose: Optional[np.ndarray] = None
@@ -76,12 +77,11 @@ class PoseSequence:
     @property
     def visible(self) -> np.ndarray:
         """(T,) bool: frames where the face was seen."""
-        return self.scores.mean(axis=1) > 0
+        return is_seen(self.landmarks, self.scores)
 
     def face_size(self) -> np.ndarray:
         """(T,) side of the landmark bounding box in canvas pixels (the larger of width and height)."""
-        span = self.landmarks.max(axis=1) - self.landmarks.min(axis=1)
-        return span.max(axis=1)
+        return face_size(self.landmarks)
 
     # -- edits ---------------------------------------------------------------------------------
     def slice(self, start: int, stop: int) -> "PoseSequence":
@@ -98,11 +98,11 @@ class PoseSequence:
         hp = None if self.head_pose is None else self.head_pose[idx]
         return replace(self, landmarks=self.landmarks[idx], scores=self.scores[idx], head_pose=hp)
 
-    def resample(self, fps: float = 24.0) -> "PoseSequence":
+    def resample(self, fps: float = FPS) -> "PoseSequence":
         """Linear resampling in time to ``fps``; the duration is kept (round(duration * fps) frames)."""
         if abs(fps - self.fps) < 1e-9 or len(self) == 0:
             return replace(self, fps=float(fps))
-        n_out = max(1, int(round(len(self) * fps / self.fps)))
+        n_out = max(1, frames_for_seconds(len(self) / self.fps, fps))
         t_src = np.arange(len(self)) / self.fps
         t_out = np.arange(n_out) / fps
         pos = np.clip(np.interp(t_out, t_src, np.arange(len(self))), 0, len(self) - 1)

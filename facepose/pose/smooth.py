@@ -18,6 +18,8 @@ from typing import Optional
 import numpy as np
 
 from facepose.config import SmoothingConfig
+from facepose.face_layout import is_seen
+from facepose.timeline import FPS
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
@@ -78,7 +80,7 @@ def smooth_track(x: np.ndarray, times: np.ndarray, cfg: SmoothingConfig, zero_ph
 
 def smooth_landmarks(
     landmarks: np.ndarray,
-    fps: float = 24.0,
+    fps: float = FPS,
     cfg: Optional[SmoothingConfig] = None,
     visible: Optional[np.ndarray] = None,
     times: Optional[np.ndarray] = None,
@@ -99,7 +101,7 @@ def smooth_landmarks(
     if zero_phase is None:
         zero_phase = cfg.zero_phase
     if visible is None:
-        visible = np.isfinite(lm).all(axis=(1, 2)) & (lm != 0).any(axis=(1, 2))
+        visible = is_seen(lm)
     visible = np.asarray(visible, dtype=bool)
     t = np.arange(len(lm), dtype=np.float64) / float(fps) if times is None else np.asarray(times, np.float64)
     # runs of consecutive visible frames

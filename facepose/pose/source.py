@@ -35,16 +35,17 @@ import numpy as np
 
 from facepose.config import Config, FaceConfig, RetargetConfig
 from facepose.errors import InputError, NoFaceError
+from facepose.face_layout import fill_gaps
 from facepose.pose import face_model as fm
 from facepose.pose.adjust import adjust_pose
 from facepose.pose.audio2pose import audio_to_pose
 from facepose.pose.presets import load_preset
 from facepose.pose.retarget import retarget
 from facepose.pose.sequence import PoseSequence
+from facepose.timeline import FPS, frames_for_seconds
 
 log = logging.getLogger(__name__)
 
-FPS = 24.0
 KINDS = ("preset", "video", "audio", "pose", "text")
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts")
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".aif", ".aiff")
@@ -83,7 +84,7 @@ def n_frames(seconds: float, fps: float = FPS) -> int:
     """Frames for ``seconds``: round(fps * seconds), at least 1."""
     if not seconds > 0:
         raise InputError(f"seconds must be positive, got {seconds}")
-    return max(1, int(np.floor(seconds * fps + 0.5 + 1e-6)))
+    return max(1, frames_for_seconds(seconds, fps))
 
 
 def fill_lost(pose: PoseSequence, filled_score: float = 0.5) -> PoseSequence:
@@ -95,16 +96,10 @@ def fill_lost(pose: PoseSequence, filled_score: float = 0.5) -> PoseSequence:
     if not seen.any():
         raise NoFaceError(f"no face found in any frame of {pose.source or 'the driver'}; "
                           f"use a video with one clearly visible face")
-    T = len(pose)
-    idx = np.arange(T)
-    flat = pose.landmarks.reshape(T, -1).astype(np.float64)
-    out = np.stack([np.interp(idx, idx[seen], flat[seen, j]) for j in range(flat.shape[1])], axis=1)
     scores = pose.scores.copy()
     scores[~seen] = filled_score
-    hp = pose.head_pose
-    if hp is not None:
-        hp = np.stack([np.interp(idx, idx[seen], hp[seen, j]) for j in range(3)], axis=1)
-    return dataclasses.replace(pose, landmarks=out.reshape(T, 68, 2).astype(np.float32), scores=scores, head_pose=hp)
+    hp = None if pose.head_pose is None else fill_gaps(pose.head_pose.astype(np.float64), seen)
+    return dataclasses.replace(pose, landmarks=fill_gaps(pose.landmarks, seen).astype(np.float32), scores=scores, head_pose=hp)
 
 
 def reference_face(reference: Reference, face_cfg: Optional[FaceConfig] = None):

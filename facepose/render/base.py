@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, runtime_checkabl
 import numpy as np
 
 from facepose.config import Config
+from facepose.errors import InputError
 from facepose.pose.sequence import PoseSequence
 
 ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
@@ -56,7 +57,7 @@ def get_renderer(name: str, cfg: Optional[Config] = None, **kwargs: Any) -> Rend
         raise TypeError(f"get_renderer takes the whole Config (its factories read several sections), got {type(cfg).__name__}")
     _load_builtin()
     if name not in RENDERERS:
-        raise ValueError(f"unknown renderer {name!r}; choose from {sorted(RENDERERS)}")
+        raise InputError(f"unknown renderer {name!r}; choose from {sorted(RENDERERS)}")
     return RENDERERS[name](cfg, **kwargs)
 
 

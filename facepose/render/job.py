@@ -13,6 +13,7 @@ import numpy as np
 from facepose.config import Config
 from facepose.errors import InputError
 from facepose.render.base import ProgressFn, Renderer, get_renderer
+from facepose.timeline import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def render_video(
         # loops its sound with its frames (fitted to the driver's length first), speech loops itself; a
         # lesson's speech (it has cues) is padded with silence to the pose's length, never looped.
         period = len(pose) if pose.meta.get("cues") is not None else pose.meta.get("loop_frames")
-        audio = fit_track(load_audio(audio_uri, sr=16000), len(pose), pose.fps, 16000,
+        audio = fit_track(load_audio(audio_uri, sr=SAMPLE_RATE), len(pose), pose.fps, SAMPLE_RATE,
                           period_frames=int(period) if period else None)
     if renderer is None:
         stage(f"loading the {backend} renderer")
@@ -91,7 +92,7 @@ def render_video(
 
     tts = cfg.tts
     stream = caption_frames(renderer.render(crop, pose, seed=seed, progress=progress, name=ref_name), pose, tts)
-    with VideoWriter(output, fps=pose.fps, audio=audio, sample_rate=16000) as writer:
+    with VideoWriter(output, fps=pose.fps, audio=audio, sample_rate=SAMPLE_RATE) as writer:
         for frame in stream:
             writer.write(frame)
             frames += 1

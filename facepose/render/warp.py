@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from facepose.errors import InputError
+from facepose.face_layout import is_seen, locator_box
 from facepose.pose.sequence import PoseSequence
 from facepose.render.base import ProgressFn, register_renderer
 from facepose.render.warp_face import EyelidPainter, MouthPainter
@@ -107,7 +108,7 @@ class WarpRenderer:
 
         scale, dx, dy = letterbox(pose.width, pose.height, self.cfg.size)
         lm = pose.landmarks * np.float32(scale) + np.array([dx, dy], np.float32)
-        seen = (pose.scores > 0).any(axis=1) & np.isfinite(lm).all(axis=(1, 2))
+        seen = is_seen(lm, pose.scores)
         if not seen.all():
             idx = np.where(seen, np.arange(len(lm)), -1)
             idx = np.maximum.accumulate(idx)
@@ -220,9 +221,7 @@ class WarpRenderer:
 def _mask_boxes(landmarks: np.ndarray, expand: float) -> np.ndarray:
     """landmarks: (N, 68, 2) -> (N, 4) boxes (x0, y0, x1, y1): each landmark box scaled by ``expand``
     about its centre, the Face Locator's region (EMO)."""
-    lo, hi = landmarks.min(axis=1), landmarks.max(axis=1)
-    c, half = 0.5 * (lo + hi), 0.5 * (hi - lo) * expand
-    return np.concatenate([c - half, c + half], axis=1).astype(np.float32)
+    return locator_box(landmarks, expand).astype(np.float32)
 
 
 def _ramp(x: np.ndarray, lo: float, hi: float, width: float) -> np.ndarray:

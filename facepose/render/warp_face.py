@@ -20,7 +20,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from facepose.render.warp_mesh import (
+from facepose.face_layout import (
     EYE_LOWER,
     EYE_UPPER,
     INNER_LIP,
@@ -29,31 +29,14 @@ from facepose.render.warp_mesh import (
     OUTER_LIP,
     RIGHT_EYE,
     UPPER_INNER,
+    eye_opening,
+    mouth_aspect_ratio,
 )
 
 _SHIFT = 4  # sub-pixel bits for cv2 polygon drawing
 # (upper lid points, the lower lid points under them, the eye's six points) for the image-left, -right eye
 _EYES = ((EYE_UPPER[0], EYE_LOWER[0], RIGHT_EYE), (EYE_UPPER[1], EYE_LOWER[1], LEFT_EYE))
 _DEFAULT_TEETH = np.array([228.0, 222.0, 208.0], np.float32)
-
-
-def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
-    """landmarks: (..., 68, 2) -> (...) inner-lip gap (upper to lower, mean of three columns) divided by
-    the mouth width (corner to corner): 0 closed, about 0.3 wide open."""
-    gap = np.linalg.norm(landmarks[..., LOWER_INNER, :] - landmarks[..., UPPER_INNER, :], axis=-1).mean(axis=-1)
-    width = np.linalg.norm(landmarks[..., 54, :] - landmarks[..., 48, :], axis=-1)
-    return gap / np.maximum(width, 1e-6)
-
-
-def eye_opening(landmarks: np.ndarray) -> np.ndarray:
-    """landmarks: (..., 68, 2) -> (..., 2) lid gap over eye width for the image-left and image-right eye
-    (about 0.3 open, 0 closed)."""
-    out = []
-    for upper, lower, eye in _EYES:
-        gap = np.linalg.norm(landmarks[..., lower, :] - landmarks[..., upper, :], axis=-1).mean(axis=-1)
-        width = np.linalg.norm(landmarks[..., eye[3], :] - landmarks[..., eye[0], :], axis=-1)
-        out.append(gap / np.maximum(width, 1e-6))
-    return np.stack(out, axis=-1)
 
 
 def _poly_mask(shape: tuple[int, int], polys: list[np.ndarray]) -> np.ndarray:
@@ -91,8 +74,9 @@ def _median_colour(image: np.ndarray, poly: np.ndarray, default: np.ndarray) -> 
 class MouthPainter:
     """Paints a mouth interior into frames. Build it once per reference with :meth:`from_reference`.
 
-    ref_opening: the reference's :func:`mouth_opening`; start, ramp: the interior begins to show when the
-    target opening exceeds ``ref_opening + start`` and is fully painted ``ramp`` later;
+    ref_opening: the reference's :func:`~facepose.face_layout.mouth_aspect_ratio`; start, ramp: the
+    interior begins to show when the target's exceeds ``ref_opening + start`` and is fully painted
+    ``ramp`` later;
     cavity, teeth: RGB colours (float32 (3,)); the cavity is darkest at the top, redder at the bottom.
     Teeth bands have fixed heights (shares of the mouth width, at most a share of the gap), so a mouth
     that just parts shows mostly teeth and the dark cavity grows between them as it opens.
@@ -133,7 +117,7 @@ class MouthPainter:
         if teeth is None:
             teeth = _DEFAULT_TEETH * float(np.clip(lip.max() / 190.0, 0.6, 1.0))
         return cls(
-            ref_opening=float(mouth_opening(landmarks)),
+            ref_opening=float(mouth_aspect_ratio(landmarks)),
             cavity=(lip * np.array([0.22, 0.11, 0.11], np.float32)).astype(np.float32),
             tongue=(lip * np.array([0.55, 0.28, 0.28], np.float32)).astype(np.float32),
             teeth=np.asarray(teeth, np.float32),
@@ -143,7 +127,7 @@ class MouthPainter:
 
     def strength(self, landmarks: np.ndarray) -> float:
         """landmarks: (68, 2) target -> how much interior to paint, in [0, 1]."""
-        extra = float(mouth_opening(landmarks)) - self.ref_opening - self.start
+        extra = float(mouth_aspect_ratio(landmarks)) - self.ref_opening - self.start
         return float(np.clip(extra / self.ramp, 0.0, 1.0))
 
     def paint(self, frame: np.ndarray, landmarks: np.ndarray) -> None:
@@ -189,7 +173,7 @@ class MouthPainter:
     def _paint_seam(self, frame: np.ndarray, landmarks: np.ndarray) -> None:
         """Where the target closes the lips tighter than the reference, the collapsed opening leaves a
         bright sliver of the reference's teeth: draw the dark line where closed lips meet over it."""
-        opening = float(mouth_opening(landmarks))
+        opening = float(mouth_aspect_ratio(landmarks))
         if self.ref_opening < 0.02 or opening >= self.ref_opening:
             return
         alpha = float(np.clip(1.0 - opening / self.ref_opening, 0.0, 1.0))
@@ -286,4 +270,4 @@ def _chaikin(points: np.ndarray, rounds: int) -> np.ndarray:
     return points
 
 
-__all__ = ["EyelidPainter", "MouthPainter", "eye_opening", "mouth_opening"]
+__all__ = ["EyelidPainter", "MouthPainter"]

@@ -18,17 +18,20 @@ import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
-# iBUG 68-point layout (DWPose's face order).
-JAW = np.arange(0, 17)
-BROWS = np.arange(17, 27)
-RIGHT_EYE = np.arange(36, 42)  # image left; 37, 38 upper lid, 40, 41 lower lid
-LEFT_EYE = np.arange(42, 48)  # 43, 44 upper lid, 46, 47 lower lid
-OUTER_LIP = np.arange(48, 60)
-INNER_LIP = np.arange(60, 68)  # 60 corner, 61-63 upper, 64 corner, 65-67 lower (65 under 63)
-UPPER_INNER, LOWER_INNER = np.array([61, 62, 63]), np.array([67, 66, 65])  # paired column by column
-UPPER_OUTER, LOWER_OUTER = np.array([50, 51, 52]), np.array([58, 57, 56])
-EYE_UPPER = (np.array([37, 38]), np.array([43, 44]))
-EYE_LOWER = (np.array([41, 40]), np.array([47, 46]))  # paired with EYE_UPPER point by point
+from facepose.face_layout import (
+    BROWS,
+    CHIN,
+    EYE_LOWER,
+    EYE_UPPER,
+    INNER_LIP,
+    LEFT_EYE,
+    LOWER_INNER,
+    LOWER_OUTER,
+    OUTER_LIP,
+    RIGHT_EYE,
+    UPPER_INNER,
+    UPPER_OUTER,
+)
 
 _FOREHEAD_FROM = np.array([17, 19, 21, 22, 24, 26])
 _FOREHEAD_LIFT = 0.3  # share of the chin-to-brow vector the virtual forehead points sit above the brows
@@ -38,7 +41,7 @@ _SHIFT = 4  # fillConvexPoly sub-pixel bits
 def forehead_points(landmarks: np.ndarray) -> np.ndarray:
     """landmarks: (..., 68, 2) -> (..., 6, 2) virtual points above the brows that follow the head."""
     brows = landmarks[..., _FOREHEAD_FROM, :]
-    up = landmarks[..., BROWS, :].mean(axis=-2) - landmarks[..., 8, :]  # chin -> brow centre
+    up = landmarks[..., BROWS, :].mean(axis=-2) - landmarks[..., CHIN, :]  # chin -> brow centre
     return brows + _FOREHEAD_LIFT * up[..., None, :]
 
 

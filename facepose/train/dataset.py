@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from facepose import storage
 from facepose.errors import FaceposeError, InputError, MediaError, PoseFormatError
 from facepose.pose.sequence import PoseSequence
+from facepose.timeline import FPS
 from facepose.train.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ClipEntry:
     clip_id: str
     uri: str
     frames: int
-    fps: float = 24.0
+    fps: float = FPS
     has_audio: bool = False
 
 

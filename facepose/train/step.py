@@ -39,6 +39,7 @@ from torch import nn
 
 from facepose import storage
 from facepose.errors import ConfigError, FaceposeError, InputError
+from facepose.timeline import FPS
 from facepose.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -412,7 +413,7 @@ class DiffusionTask:
             for module in modules:
                 module.train()
         uri = storage.join(run_uri, "validation", f"step_{step:08d}.mp4")
-        write_video(uri, out.frames, fps=24)
+        write_video(uri, out.frames, fps=FPS)
         return uri
 
 
@@ -511,7 +512,7 @@ TASKS = {"diffusion": DiffusionTask, "audio2pose": Audio2PoseTask}
 def build_task(cfg: TrainConfig, session: Session, checkpoint: Optional[Path], clips: Optional[list] = None) -> Any:
     """The model, data and step of ``cfg.kind``; ``clips``: the dataset's clip list (default: read its index)."""
     if cfg.kind not in TASKS:
-        raise ValueError(f"unknown training kind {cfg.kind!r}; choose from {sorted(TASKS)}")
+        raise InputError(f"unknown training kind {cfg.kind!r}; choose from {sorted(TASKS)}")
     return TASKS[cfg.kind](cfg, session, checkpoint, clips)
 
 

@@ -23,6 +23,8 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from torch import Tensor, nn
 
+from facepose.errors import InputError
+
 INNER = {"sdpa": AttnProcessor2_0, "math": AttnProcessor}
 # Moore-AnimateAnyone's ReferenceAttentionControl.update copies the bank to float16 in every run (fp32
 # included); the readers use it in their own dtype. Matching it keeps fp32 renders of released weights
@@ -152,7 +154,7 @@ def set_attention_backend(backend: str, *models: nn.Module) -> None:
     """Use ``backend`` (``sdpa`` | ``math``) in every attention processor of ``models``; reference
     writers/readers keep their role and swap their inner processor."""
     if backend not in INNER:
-        raise ValueError(f"unknown attention backend {backend!r}; choose from {sorted(INNER)}")
+        raise InputError(f"unknown attention backend {backend!r}; choose from {sorted(INNER)}")
     cls = INNER[backend]
     for model in models:
         if not hasattr(model, "attn_processors"):

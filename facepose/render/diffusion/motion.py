@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
+from facepose.errors import InputError
 from facepose.render.diffusion.config import MOTION_NORM_GROUPS, TEMPORAL_NORMS, ArchConfig
 
 
@@ -58,7 +59,7 @@ def set_temporal_norm(unet: nn.Module, mode: str = "frame") -> int:
     """Make every motion module's input GroupNorm normalise per frame (``"frame"``, AnimateDiff/Moore) or
     across the clip (``"clip"``, diffusers), in ``MOTION_NORM_GROUPS`` groups. Returns how many norms were set."""
     if mode not in TEMPORAL_NORMS:
-        raise ValueError(f"unknown temporal_norm {mode!r}; choose from {sorted(TEMPORAL_NORMS)}")
+        raise InputError(f"unknown temporal_norm {mode!r}; choose from {sorted(TEMPORAL_NORMS)}")
     cls = FrameGroupNorm if mode == "frame" else nn.GroupNorm
     count = 0
     for module in unet.modules():

@@ -163,7 +163,7 @@ class FaceAnimationPipeline(DiffusionPipeline):
         """Move to ``device`` in ``dtype`` (fp32 | fp16 | bf16), pick the attention backend (sdpa | math),
         and optionally torch.compile the denoising UNet (the module is compiled in place)."""
         if dtype not in TORCH_DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(TORCH_DTYPES)}")
+            raise InputError(f"unknown dtype {dtype!r}; choose from {sorted(TORCH_DTYPES)}")
         # diffusers 0.42's ModelMixin.to warns on every dtype cast ("modules ... kept in float32: []")
         with _quiet("diffusers.models.modeling_utils"):
             self.to(device=device, dtype=TORCH_DTYPES[dtype])
