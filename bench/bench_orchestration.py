@@ -138,6 +138,50 @@ def bookkeeping(d: Path, reference: Path, n: int, shard: int) -> dict[str, float
     return {"plan_s": plan_s, "parts_s": parts_s, "finish_s": finish_s, "replan_s": replan_s, "rss_mb": (rss1 - rss0) / 1024}
 
 
+def plan_memory(n: int) -> dict[str, float]:
+    """Peak RSS growth of the driver for a manifest of ``n`` rows, in a fresh process: ``--dry-run``
+    planning (read, validate, digest), then simulated results for every row (one part a shard),
+    compaction, and a rerun plan with everything done. MB over the process after its imports."""
+    import json
+    import subprocess
+
+    code = f"""
+import json, resource, sys, tempfile, time
+sys.path.insert(0, {str(ROOT / 'bench')!r})
+from pathlib import Path
+import bench_orchestration as b
+from facepose import manifest as mf
+from facepose.batch import get_kind
+from facepose.batch.plan import plan_run
+from facepose.batch.results import compact, iter_shards, write_part
+from facepose.config import Config
+from tasks.run import run_batch
+from PIL import Image
+from skimage import data
+d = Path(tempfile.mkdtemp(prefix="bench-rss-"))
+Image.fromarray(data.astronaut()).save(d / "a.png")
+b.write_manifest(d / "m.csv", d / "a.png", {n})
+b.write_manifest(d / "one.csv", d / "a.png", 1)
+run_batch("render", str(d / "one.csv"), str(d / "out1"), dry_run=True)  # imports and first-call costs, before the baseline
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+r0 = rss(); t0 = time.perf_counter()
+s = run_batch("render", str(d / "m.csv"), str(d / "out"), dry_run=True)
+assert s["to_run"] == {n}, s
+plan_s, r1 = time.perf_counter() - t0, rss()
+kind, out = get_kind("render", Config()), str(d / "out")
+plan = plan_run(kind, str(d / "m.csv"), out)
+for i, jobs in enumerate(iter_shards(plan.todo, 25)):
+    write_part(kind, out, plan.run_id, f"{{i:06d}}", [mf.result_row(j["job_id"], "ok", output=j["output"], frames=24, seconds=1.0, input_digest=j["input_digest"]) for j in jobs])
+del plan, jobs
+t1 = time.perf_counter(); compact(kind, out, 0.0); compact_s = time.perf_counter() - t1
+again = plan_run(kind, str(d / "m.csv"), out)
+assert not again.todo and len(again.kept) == {n}
+print(json.dumps(dict(plan_s=plan_s, plan_mb=r1 - r0, compact_s=compact_s, all_mb=rss() - r0)))
+"""
+    res = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT))))
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def actor_start(workers: int) -> float:
     """Seconds until ``workers`` render actors have loaded their models (as a flow's pool does)."""
     from facepose.config import Config
@@ -197,8 +241,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--video-seconds", type=float, default=8.0, help="length of each curation video")
     p.add_argument("--rows", type=int, default=100_000, help="rows of the planning/bookkeeping manifest")
     p.add_argument("--skip-curation", action="store_true", help="leave out the curation section")
+    p.add_argument("--plan-memory", type=int, nargs="+", metavar="ROWS",
+                   help="only measure the driver's peak RSS planning (--dry-run) manifests of these sizes, then results and a rerun plan")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.plan_memory:
+        print("| rows | dry-run plan s | its peak RSS growth MB | compaction s | peak RSS growth after results, compaction, rerun plan MB |")
+        print("|---:|---:|---:|---:|---:|")
+        for n in args.plan_memory:
+            m = plan_memory(n)
+            print(f"| {n:,} | {m['plan_s']:.1f} | {m['plan_mb']:.0f} | {m['compact_s']:.2f} | {m['all_mb']:.0f} |", flush=True)
+        return 0
 
     import ray
     from PIL import Image

@@ -326,8 +326,9 @@ BATCH_EXIT_HELP = ("Exit status: 0 every row ok or skipped (done before); 1 some
                    "2 the run could not start (unreadable manifest, unreachable storage).")
 
 
-def _run_batch(kind: str, manifest: str, out: str, retry_failed: bool, dry_run: bool, label: str) -> None:
-    """Plan (errors: one line, exit 2), then run; exit 1 when any row failed."""
+def _run_batch(kind: str, manifest: str, out: str, retry_failed: bool, dry_run: bool, label: str, as_json: bool = False) -> None:
+    """Plan (errors: one line on stderr, exit 2), then run; exit 1 when any row failed. ``as_json``: the
+    summary as one JSON document on stdout (and the error as ``{"error", "error_kind"}`` when it cannot start)."""
     from tasks.run import run_batch
 
     try:
@@ -337,9 +338,14 @@ def _run_batch(kind: str, manifest: str, out: str, retry_failed: bool, dry_run: 
                                 dry_run=dry_run, progress=lambda d, t, row=None: update(d, t))
     except FaceposeError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        if as_json:
+            print_json({"error": str(e), "error_kind": e.kind, "transient": bool(e.transient)})
         raise typer.Exit(EXIT_NOT_STARTED)
-    _batch_summary(summary, "plan" if dry_run else kind)
-    if not dry_run:
+    if as_json:
+        print_json(summary)
+    else:
+        _batch_summary(summary, "plan" if dry_run else kind)
+    if not dry_run and not as_json:
         done(f"outputs under {summary.get('out', out)}; results in {summary.get('results')}")
     raise typer.Exit(EXIT_JOBS_FAILED if summary.get("error") else EXIT_OK)
 
@@ -350,9 +356,10 @@ def render_batch(
     out: str = typer.Option(..., "--out", "-o", help="Output prefix for the videos and results.parquet."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun the jobs that failed before."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan the manifest; render nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (counts, errors, outputs, timings) as JSON on stdout."),
 ) -> None:
     """Render every job of MANIFEST on Ray actors through the Prefect render flow (reruns resume)."""
-    _run_batch("render", manifest, out, retry_failed, dry_run, "rendering jobs")
+    _run_batch("render", manifest, out, retry_failed, dry_run, "rendering jobs", as_json)
 
 
 @app.command("lesson-batch", epilog=BATCH_EXIT_HELP)
@@ -361,9 +368,10 @@ def lesson_batch(
     out: str = typer.Option(..., "--out", "-o", help="Output prefix for the videos, their .vtt/.srt and results.parquet."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun the lessons that failed before."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan the manifest; render nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (counts, errors, outputs, timings) as JSON on stdout."),
 ) -> None:
     """Speak and render every lesson of MANIFEST with subtitles (identical scripts synthesised once; reruns resume)."""
-    _run_batch("lesson", manifest, out, retry_failed, dry_run, "rendering lessons")
+    _run_batch("lesson", manifest, out, retry_failed, dry_run, "rendering lessons", as_json)
 
 
 @app.command("curate", epilog=BATCH_EXIT_HELP)
@@ -372,9 +380,10 @@ def curate(
     out: str = typer.Option(..., "--out", "-o", help="Output prefix of the curated dataset."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun the videos that failed before."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan the manifest; curate nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (counts, errors, outputs, timings) as JSON on stdout."),
 ) -> None:
     """Curate videos into 512x512 face clips, pose rows, audio features and Face Locator boxes (reruns resume)."""
-    _run_batch("curate", manifest, out, retry_failed, dry_run, "curating videos")
+    _run_batch("curate", manifest, out, retry_failed, dry_run, "curating videos", as_json)
 
 
 # -- training ------------------------------------------------------------------------------------

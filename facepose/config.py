@@ -103,6 +103,7 @@ class AppConfig:
 
     max_upload_mb: int = 200  # largest file the browser may upload (photo, driving video, audio, manifest)
     max_seconds: float = 60.0  # longest video the app renders; longer sources need a shorter duration
+    max_script_chars: int = 2000  # longest script of the Text source (characters)
     render_concurrency: int = 1  # renders at a time per renderer (the rest wait in the queue)
     preview_concurrency: int = 2  # pose previews (face tracking of a driving video) at a time
     queue_size: Optional[int] = 32  # requests waiting in the queue before new ones are turned away
@@ -237,7 +238,7 @@ class BatchConfig:
     num_gpus: Optional[int] = None  # GPUs of a local Ray (None: detected)
     threads_per_actor: int = 1  # OpenCV/torch/decoder threads in each actor (one worker per core)
     actor_restarts: int = 2  # Ray restarts an actor whose process dies (the row in flight fails alone)
-    poll_s: float = 0.02  # how often the pool's dispatcher checks for finished rows
+    poll_s: float = 0.02  # how often a shard task checks for finished rows (ray.wait) and idle actors
     forward_storage_env: bool = True  # pass MINIO_* from the flow's environment to the actors (off when workers have their own)
     max_seconds: float = 600.0  # a render job asking for a longer video fails alone (split it, or raise this)
     lease_s: float = 120.0  # a run's claim on a job (_claims/<id>.json) lapses this long after its last renewal (a killed run's jobs free up then)

@@ -335,9 +335,16 @@ def _write_table(uri: str, table: pa.Table) -> None:
 
 
 # -- the unit -------------------------------------------------------------------------------------
+#: Version of what curation makes of the same inputs and settings; part of :func:`input_digest`, so a
+#: rerun re-curates (once) videos curated by an older version. 2: the sound is cut on the video's
+#: timeline (the audio/video timing fix); outputs without a version came before it.
+CURATE_VERSION = 2
+
+
 def input_digest(job: CurateJob, cfg: Optional[Config]) -> Optional[str]:
-    """Hash of a video's inputs (video and audio fingerprints, time range) and of the settings that shape
-    its outputs; None when the video does not exist. A rerun redoes a video whose digest changed."""
+    """Hash of a video's inputs (video and audio fingerprints, time range), of the settings that shape
+    its outputs and of :data:`CURATE_VERSION`; None when the video does not exist. A rerun redoes a
+    video whose digest changed."""
     cfg = (cfg if cfg is not None else Config())
     video_fp = fingerprint(job.video)
     if video_fp is None:
@@ -348,7 +355,7 @@ def input_digest(job: CurateJob, cfg: Optional[Config]) -> Optional[str]:
                                    "min_face_px",
                                    "max_missing", "min_sharpness", "smooth", "sample_rate", "n_mels", "crf")}
     return digest({"video": job.video, "video_fp": video_fp, "audio": job.audio, "audio_fp": audio_fp, "start": job.start,
-                   "end": job.end, "curate": settings, "face": asdict(cfg.face)})
+                   "end": job.end, "curate": settings, "face": asdict(cfg.face), "version": CURATE_VERSION})
 
 
 class Curator:

@@ -33,7 +33,7 @@ import time
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,8 +44,10 @@ from facepose.errors import FaceposeError, InputError, NoFaceError
 
 log = logging.getLogger(__name__)
 
+#: Per-row pose controls: a value overrides ``pose.adjust.<name>`` for the row (an empty cell keeps the run's).
+ADJUST_COLUMNS = ("head_amplitude", "expression", "blink_rate", "smoothing", "yaw", "pitch", "roll")
 RENDER_COLUMNS = ("job_id", "reference", "driver", "driver_type", "seconds", "backend", "seed", "output",
-                  "voice", "language", "rate")  # the last three: text drivers (facepose.lesson)
+                  "voice", "language", "rate") + ADJUST_COLUMNS  # voice, language, rate: text drivers (facepose.lesson)
 CURATE_COLUMNS = ("video_id", "video", "audio", "start", "end")
 STATUSES = ("ok", "error", "skipped")
 DONE_DIR = "_done"
@@ -121,33 +123,60 @@ def read_rows(uri: str, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     may be UTF-8, UTF-16 with a BOM or Windows-1252, separated by ``,``, ``;`` or tabs (chosen by which
     one yields the required columns). Raises InputError, naming the file and the fix, for a file that is
     not such a table; StorageError when it cannot be read."""
+    return [row for batch in iter_row_batches(uri, required) for row in batch]
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their ends, one at a time (``io.StringIO`` would copy the text, at up
+    to 4 bytes a character)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def iter_row_batches(uri: str, required: tuple[str, ...] = (), size: int = 2000) -> Iterator[list[dict[str, Any]]]:
+    """:func:`read_rows` in batches of ``size`` rows, decoded as they are read: memory holds the file's
+    bytes and one batch of row dicts, not every row (Parquet: one record batch at a time)."""
     fmt = _format(uri)
     data = storage.read_bytes(uri)
     try:
         if fmt == "csv":
             text = _decode(uri, data)
+            del data
             header = next((line for line in text.splitlines() if line.strip()), "")
             if not header:
-                return []
+                return
             sep = _delimiter(uri, header, required)
-            return [{k.strip(): (v.strip() if isinstance(v, str) and v.strip() != "" else None) for k, v in row.items() if k}
-                    for row in csv.DictReader(io.StringIO(text), delimiter=sep)]
-        if fmt == "jsonl":
-            rows = []
-            for n, line in enumerate(data.decode("utf-8-sig").splitlines(), 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise InputError(f"{uri}: line {n} is not a JSON object")
-                    rows.append(row)
-            return rows
-        table = pq.read_table(io.BytesIO(data))
-        missing = [r for r in required if r not in table.column_names]
-        if missing:
-            raise InputError(f"{uri}: missing the column(s) {', '.join(missing)} (found {', '.join(table.column_names)}); add them")
-        return table.to_pylist()
+            rows = ({k.strip(): (v.strip() if isinstance(v, str) and v.strip() != "" else None) for k, v in row.items() if k}
+                    for row in csv.DictReader(_lines(text), delimiter=sep))
+        elif fmt == "jsonl":
+            def jsonl() -> Iterator[dict[str, Any]]:
+                for n, line in enumerate(io.StringIO(data.decode("utf-8-sig")), 1):
+                    if line.strip():
+                        row = json.loads(line)
+                        if not isinstance(row, dict):
+                            raise InputError(f"{uri}: line {n} is not a JSON object")
+                        yield row
+            rows = jsonl()
+        else:
+            pf = pq.ParquetFile(io.BytesIO(data))
+            missing = [r for r in required if r not in pf.schema_arrow.names]
+            if missing:
+                raise InputError(f"{uri}: missing the column(s) {', '.join(missing)} (found {', '.join(pf.schema_arrow.names)}); add them")
+            rows = (row for b in pf.iter_batches(batch_size=size) for row in b.to_pylist())
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
     except UnicodeDecodeError as e:
-        raise InputError(f"{uri}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
+        raise InputError(f"{uri}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
     except (json.JSONDecodeError, csv.Error, pa.ArrowInvalid) as e:
         raise InputError(f"{uri}: not a readable {fmt} table ({str(e).splitlines()[0][:160]})") from None
 
@@ -252,9 +281,29 @@ class RenderJob:
     voice: Optional[str] = None  # text drivers: tts.voice / tts.language / tts.rate for this row
     language: Optional[str] = None
     rate: Optional[float] = None
+    adjust: Optional[dict[str, float]] = None  # ADJUST_COLUMNS set on this row -> their values (pose.adjust overrides)
 
     def to_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}  # flat fields: no deep copy (asdict is slow)
+
+
+def _adjust(raw: dict[str, Any], n: int, job_id: str) -> Optional[dict[str, float]]:
+    """The row's pose controls (ADJUST_COLUMNS that are not empty), each within ``pose.adjust``'s limits."""
+    from facepose.pose.adjust import LIMITS
+
+    values = {}
+    for name in ADJUST_COLUMNS:
+        if _blank(raw.get(name)):
+            continue
+        lo, hi = LIMITS[name]
+        try:
+            v = float(raw[name])
+        except (TypeError, ValueError):
+            raise _field_error(n, job_id, f"{name} {raw[name]!r} is not a number") from None
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise _field_error(n, job_id, f"{name} must be between {lo:g} and {hi:g} (pose.adjust.{name}), got {raw[name]!r}")
+        values[name] = v
+    return values or None
 
 
 def result_row(job_id: str, status: str, *, output: Optional[str] = None, frames: int = 0, seconds: float = 0.0, render_s: float = 0.0,
@@ -282,18 +331,23 @@ def _field_error(n: int, job_id: Optional[str], message: str) -> InputError:
 
 
 def parse_render_rows(
-    rows: Iterable[dict[str, Any]], output_prefix: str, *, base: str = "", backend: str = "warp", seed: int = 0, max_seconds: float = math.inf
+    rows: Iterable[dict[str, Any]], output_prefix: str, *, base: str = "", backend: str = "warp", seed: int = 0, max_seconds: float = math.inf,
+    start: int = 1, seen: Optional[dict[str, dict[str, Any]]] = None,
 ) -> tuple[list[RenderJob], list[dict[str, Any]]]:
     """Validate manifest rows -> (jobs, error results). ``base`` is the folder relative paths start from;
     ``backend``/``seed`` are the defaults for rows that name none; a row asking for more than
-    ``max_seconds`` fails. Input digests are filled in later by :func:`attach_digests` (they need storage)."""
+    ``max_seconds`` fails. Input digests are filled in later by :func:`attach_digests` (they need storage).
+    A manifest read in batches: ``start`` is the row number of the batch's first row, and ``seen`` (one
+    dict for all batches) carries the ids and outputs of earlier batches for the uniqueness checks."""
     jobs: list[RenderJob] = []
     errors: list[dict[str, Any]] = []
-    seen_ids: dict[str, int] = {}
-    seen_outputs: dict[str, str] = {}
+    seen = {} if seen is None else seen
+    seen_ids: dict[str, int] = seen.setdefault("ids", {})
+    seen_outputs: dict[str, str] = seen.setdefault("outputs", {})
+    not_default: set[str] = seen.setdefault("not_default", set())  # ids whose output is not <prefix>/<id>.mp4 (or that failed)
     prefix = output_prefix.rstrip("/")
     prefix_path = os.path.normpath(storage.parse(prefix).path)
-    for n, raw in enumerate(rows, 1):
+    for n, raw in enumerate(rows, start):
         job_id = _text(raw.get("job_id"))
         job_id = unicodedata.normalize("NFC", job_id) if job_id else None
         try:
@@ -348,20 +402,30 @@ def parse_render_rows(
                 raise _field_error(n, job_id, f"output {output} is outside the output prefix {prefix}; leave output empty or put it under the prefix")
             if not output.lower().endswith(".mp4"):
                 raise _field_error(n, job_id, f"output {output} must end in .mp4")
+            # seen_outputs holds the outputs that rows named (few); a default output <prefix>/<id>.mp4 is
+            # known from its id, so 100,000 default rows cost no path each
             key = f"{prefix_path}/{job_id}.mp4" if default_output else os.path.normpath(storage.parse(output).path)
-            if key in seen_outputs:
-                raise _field_error(n, job_id, f"output {output} is also the output of job {seen_outputs[key]!r}; outputs must differ")
-            seen_outputs[key] = job_id
+            other = seen_outputs.get(key)
+            if other is None and not default_output and os.path.dirname(key) == prefix_path and key.endswith(".mp4"):
+                owner = unicodedata.normalize("NFC", os.path.basename(key)[: -len(".mp4")])
+                other = owner if owner in seen_ids and owner != job_id and owner not in not_default else None
+            if other is not None:
+                raise _field_error(n, job_id, f"output {output} is also the output of job {other!r}; outputs must differ")
+            if not default_output:
+                seen_outputs[key] = job_id
+                not_default.add(job_id)  # its default path stays free
             jobs.append(
                 RenderJob(
                     job_id=job_id, reference=resolve(reference, base), driver=resolve(driver, base), output=output,
                     marker=storage.join(prefix, DONE_DIR, f"{job_id}.json"), driver_type=_text(raw.get("driver_type")),
                     seconds=seconds, backend=row_backend, seed=row_seed,
-                    voice=_text(raw.get("voice")), language=_text(raw.get("language")), rate=rate,
+                    voice=_text(raw.get("voice")), language=_text(raw.get("language")), rate=rate, adjust=_adjust(raw, n, job_id),
                 )
             )
         except InputError as e:
             rid = job_id if job_id and seen_ids.get(job_id) == n else f"#{n}"
+            if rid == job_id:
+                not_default.add(job_id)
             errors.append(error_result(rid, e))
     return jobs, errors
 
@@ -391,7 +455,7 @@ def attach_digests(jobs: list[RenderJob], fingerprints: Optional[dict[str, Optio
         job.input_digest = digest(
             {"reference": job.reference, "reference_fp": ref_fp, "driver": job.driver, "driver_fp": drv_fp, "driver_type": job.driver_type,
              "seconds": job.seconds, "backend": job.backend, "seed": job.seed, "output": job.output,
-             **{k: v for k in ("voice", "language", "rate") if (v := getattr(job, k)) is not None}}
+             **{k: v for k in ("voice", "language", "rate", "adjust") if (v := getattr(job, k)) is not None}}
         )
         ok.append(job)
     return ok, errors
@@ -437,6 +501,14 @@ def read_results(uri: str) -> dict[str, dict[str, Any]]:
 
 
 # -- running one job (the body of a render actor's call) -------------------------------------------
+def with_adjust(cfg: Optional[Config], adjust: dict[str, float]) -> Config:
+    """A copy of ``cfg`` (None: the defaults) whose ``pose.adjust`` takes the row's values ``adjust``."""
+    from dataclasses import replace
+
+    cfg = cfg if cfg is not None else Config()
+    return replace(cfg, pose=replace(cfg.pose, adjust=replace(cfg.pose.adjust, **adjust)))
+
+
 def run_render_job(row: dict[str, Any], cfg: Optional[Config] = None, renderers: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Render one job (a :meth:`RenderJob.to_row` dict) with :func:`facepose.render.job.render_video`,
     then write its done marker. Never raises: a failure is an ``error`` result row.
@@ -456,6 +528,8 @@ def run_render_job(row: dict[str, Any], cfg: Optional[Config] = None, renderers:
             from facepose.lesson import with_voice
 
             cfg = with_voice(cfg, job.voice, job.language, job.rate)
+        if job.adjust:
+            cfg = with_adjust(cfg, job.adjust)
         res = render_video(
             job.reference, job.driver, job.output, seconds=job.seconds, backend=job.backend, seed=job.seed, cfg=cfg,
             renderer=renderer, driver_type=job.driver_type,
@@ -510,12 +584,14 @@ CURATE_RESULT_SCHEMA = pa.schema(
 )
 
 
-def parse_curate_rows(rows: Iterable[dict[str, Any]], *, base: str = "") -> tuple[list[CurateJob], list[dict[str, Any]]]:
-    """Validate curation rows -> (jobs, error rows in CURATE_RESULT_SCHEMA form)."""
+def parse_curate_rows(rows: Iterable[dict[str, Any]], *, base: str = "", start: int = 1,
+                      seen_state: Optional[dict[str, dict[str, Any]]] = None) -> tuple[list[CurateJob], list[dict[str, Any]]]:
+    """Validate curation rows -> (jobs, error rows in CURATE_RESULT_SCHEMA form). ``start``/``seen_state``:
+    as :func:`parse_render_rows`'s ``start``/``seen`` for a manifest read in batches."""
     jobs: list[CurateJob] = []
     errors: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for n, raw in enumerate(rows, 1):
+    seen: dict[str, int] = ({} if seen_state is None else seen_state).setdefault("ids", {})
+    for n, raw in enumerate(rows, start):
         video_id = _text(raw.get("video_id"))
         video_id = unicodedata.normalize("NFC", video_id) if video_id else None
         try:

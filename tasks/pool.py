@@ -4,15 +4,13 @@
 thread dies with it). It joins ``RAY_ADDRESS`` (or ``batch.ray_address``) when set, and otherwise
 starts a local Ray on loopback with ``batch.num_cpus`` CPUs.
 
-:class:`ActorPool` keeps ``n`` actors busy: Prefect shard tasks (threads) hand it rows, a single
-dispatcher thread gives each free actor the next row (earlier shards first, so shards finish in
-order), and every row comes back as a result row. An actor whose process dies fails only the row it
-was working on (Ray restarts the actor).
+:class:`ActorPool` is ``n`` actors in a queue of idle ones: each Prefect shard task (a thread) takes
+an idle actor per row and waits on its calls with ``ray.wait``; every row comes back as a result row.
+An actor whose process dies fails only the row it was working on (Ray restarts the actor).
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import itertools
 import logging
@@ -76,14 +74,17 @@ def actor_env(batch: Any) -> dict[str, str]:
 
 
 class ActorPool:
-    """``n`` Ray actors of ``cls`` (``cls(*args, env=env)`` in each), fed rows one at a time.
+    """``n`` Ray actors of ``cls`` (``cls(*args, env=env)`` in each), shared by the shard tasks.
+
+    The idle actors wait in a thread-safe queue; :meth:`map`, called from a shard task's thread, takes
+    an idle actor for each row, calls it, waits on the calls with ``ray.wait`` and gives each actor
+    back as its row returns. No thread of its own: what runs where is the shard tasks' threads and the
+    actors. A row whose actor died resolves to ``on_crash(row, error)``; Ray restarts the actor
+    (``max_restarts``), and an actor that crashes ``max_crashes`` times in a row is dropped.
 
     ``env`` goes to the actor's constructor rather than a Ray ``runtime_env``: actors then start in
     Ray's pre-started worker processes instead of fresh ones (a second or more each), and storage keys
-    stay out of the runtime env that the dashboard shows.
-
-    ``submit(rows, priority)`` returns one concurrent future per row, resolving to the actor's result
-    row; a row whose actor died resolves to ``on_crash(row, error)``. Thread-safe."""
+    stay out of the runtime env that the dashboard shows."""
 
     def __init__(
         self,
@@ -105,14 +106,14 @@ class ActorPool:
             raise ValueError(f"an actor pool needs at least one actor, got {n}")
         remote = ray.remote(cls).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0)
         self.actors = [remote.remote(*args, env=dict(env or {})) for _ in range(n)]
-        self.on_crash = on_crash
-        self.poll_s = poll_s
-        self.max_crashes = max_crashes
-        self._queue: "queue.PriorityQueue[tuple[Any, int, dict, cf.Future]]" = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._dispatch, name="actor-pool", daemon=True)
-        self._thread.start()
+        self.on_crash, self.poll_s, self.max_crashes = on_crash, poll_s, max_crashes
+        self._idle: "queue.Queue[Any]" = queue.Queue()
+        for actor in self.actors:
+            self._idle.put(actor)
+        self._crashes = {id(a): 0 for a in self.actors}  # consecutive crashes per actor
+        self._alive = n
+        self._closed = False
+        self._lock = threading.Lock()
 
     def wait_ready(self, timeout: Optional[float] = None) -> None:
         """Block until every actor has loaded its models (raises if one cannot start)."""
@@ -120,80 +121,70 @@ class ActorPool:
 
         ray.get([a.ready.remote() for a in self.actors], timeout=timeout)
 
-    def submit(self, rows: list[dict], priority: Any = 0) -> list[cf.Future]:
-        futures = []
-        for row in rows:
-            fut: cf.Future = cf.Future()
-            self._queue.put((priority, next(self._order), row, fut))
-            futures.append(fut)
-        return futures
-
-    def map(self, rows: list[dict], priority: Any = 0, on_result: Optional[Callable[[dict], None]] = None) -> list[dict]:
-        """Results for ``rows`` in order; ``on_result`` sees each as it arrives."""
-        futures = self.submit(rows, priority)
-        if on_result is not None:
-            for fut in cf.as_completed(futures):
-                on_result(fut.result())
-        return [f.result() for f in futures]
-
-    def shutdown(self) -> None:
-        """Stop dispatching, fail what is queued, and kill the actors."""
-        import ray
-
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def _take(self, block: bool) -> Any:
+        """An idle actor; None when none is idle (``block``: wait while some actor lives and the pool is open)."""
         while True:
             try:
-                _, _, row, fut = self._queue.get_nowait()
+                return self._idle.get(timeout=self.poll_s) if block else self._idle.get_nowait()
             except queue.Empty:
+                if not block or self._closed or not self._alive:
+                    return None
+
+    def _give_back(self, actor: Any, crashed: bool) -> None:
+        with self._lock:
+            self._crashes[id(actor)] = self._crashes[id(actor)] + 1 if crashed else 0
+            if self._crashes[id(actor)] >= self.max_crashes:
+                self._alive -= 1
+                log.error("an actor crashed %d times in a row; dropping it (%d left)", self.max_crashes, self._alive)
+                return
+        self._idle.put(actor)  # Ray restarts a dead actor process (max_restarts)
+
+    def map(self, rows: list[dict], on_result: Optional[Callable[[dict], None]] = None) -> list[dict]:
+        """Results for ``rows`` in order; ``on_result`` sees each as it arrives. Thread-safe: shard
+        tasks call it at once and share the actors."""
+        import ray
+
+        results: list[Optional[dict]] = [None] * len(rows)
+        inflight: dict[Any, tuple[Any, int]] = {}  # object ref -> (actor, row index)
+        todo = iter(range(len(rows)))
+        i = next(todo, None)
+
+        def finish(index: int, result: dict) -> None:
+            results[index] = result
+            if on_result is not None:
+                on_result(result)
+
+        while i is not None or inflight:
+            while i is not None:  # start rows on the idle actors (wait for one only when none of ours runs)
+                actor = self._take(block=not inflight)
+                if actor is None:
+                    if inflight:
+                        break
+                    exc = RuntimeError("the actor pool shut down before this row ran" if self._closed else "every actor of the pool died; see the Ray logs")
+                    for index in itertools.chain([i], todo):
+                        finish(index, self.on_crash(rows[index], exc))
+                    i = None
+                    break
+                inflight[actor.__call__.remote([rows[i]])] = (actor, i)
+                i = next(todo, None)
+            if not inflight:
                 break
-            fut.set_result(self.on_crash(row, RuntimeError("the actor pool shut down before this row ran")))
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
+            for ref in done:
+                actor, index = inflight.pop(ref)
+                try:
+                    result, crashed = ray.get(ref)[0], False
+                except Exception as exc:  # noqa: BLE001 - the process died (RayActorError) or the actor raised
+                    result, crashed = self.on_crash(rows[index], exc), True
+                self._give_back(actor, crashed)
+                finish(index, result)
+        return results  # type: ignore[return-value]
+
+    def shutdown(self) -> None:
+        """Stop handing out actors (rows not started fail) and kill the actors."""
+        import ray
+
+        self._closed = True
         for a in self.actors:
             with contextlib.suppress(Exception):
                 ray.kill(a)
-
-    # The dispatcher: one thread owns the actors, so no two shards race for one.
-    def _dispatch(self) -> None:
-        import ray
-
-        idle = list(self.actors)
-        crashes = {id(a): 0 for a in self.actors}  # consecutive crashes per actor
-        inflight: dict[Any, tuple[Any, dict, cf.Future]] = {}
-        while not self._stop.is_set():
-            while idle:
-                try:
-                    item = self._queue.get_nowait() if inflight else self._queue.get(timeout=self.poll_s)
-                except queue.Empty:
-                    break
-                _, _, row, fut = item
-                if not fut.set_running_or_notify_cancel():
-                    continue
-                actor = idle.pop(0)
-                inflight[actor.__call__.remote([row])] = (actor, row, fut)
-            if not inflight:
-                if not idle:  # every actor is gone for good
-                    self._fail_queued(RuntimeError("every actor of the pool died; see the Ray logs"))
-                continue
-            done, _ = ray.wait(list(inflight), num_returns=1, timeout=self.poll_s)
-            for ref in done:
-                actor, row, fut = inflight.pop(ref)
-                try:
-                    fut.set_result(ray.get(ref)[0])
-                    crashes[id(actor)] = 0
-                    idle.append(actor)
-                except Exception as exc:  # noqa: BLE001 - the process died (RayActorError) or the actor raised
-                    fut.set_result(self.on_crash(row, exc))
-                    crashes[id(actor)] += 1
-                    if crashes[id(actor)] >= self.max_crashes:
-                        log.error("an actor crashed %d times in a row; dropping it (%d left)", crashes[id(actor)], len(idle) + len(inflight))
-                    else:
-                        idle.append(actor)  # Ray restarts a dead actor process (max_restarts)
-
-    def _fail_queued(self, exc: BaseException) -> None:
-        while True:
-            try:
-                _, _, row, fut = self._queue.get(timeout=self.poll_s)
-            except queue.Empty:
-                return
-            if fut.set_running_or_notify_cancel():
-                fut.set_result(self.on_crash(row, exc))

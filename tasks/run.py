@@ -4,6 +4,7 @@ and start Prefect and Ray only when there is work. Imports neither at module lev
 from __future__ import annotations
 
 import contextvars
+import itertools
 import importlib
 import time
 from typing import Any, Optional, Sequence
@@ -39,7 +40,7 @@ def run_batch(kind_name: str, manifest: str, out: str, *, overrides: Sequence[st
         storage.ensure_bucket(out)
         record_plan(kind, plan)
         if progress is not None:
-            for n, row in enumerate(plan.kept + plan.failed, 1):
+            for n, row in enumerate(itertools.chain(plan.kept, plan.failed), 1):
                 progress(n, plan.total, row)
         summary = finish(kind, plan, grace_s=cfg.batch.compact_grace_s, t0=t0)
         summary.pop("rows")

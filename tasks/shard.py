@@ -10,6 +10,7 @@ looking for upstream futures.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -115,7 +116,7 @@ def run_shard(index: int, jobs: list[dict], ctx: RunContext) -> int:
             else:
                 (mine if taken else others).append(job)
         try:
-            ctx.pool.map(mine, priority=index, on_result=report)
+            ctx.pool.map(mine, on_result=report)
         finally:
             for job in mine:
                 ctx.claims.release(job[key])
@@ -158,7 +159,7 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
     logger.info("%s", plan.describe())
     record_task(kind, quote(plan))
     progress = RunProgress(plan.total, kind.id_column, callback, artifact_key=f"{kind.name}-progress", description=f"{kind.name} {manifest} -> {out}")
-    for row in plan.kept + plan.failed:
+    for row in itertools.chain(plan.kept, plan.failed):
         progress.add(row)
 
     # Transform: shards of jobs -> Prefect tasks -> Ray actors, each job under a claim
@@ -166,19 +167,26 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
     if plan.todo:
         section = getattr(cfg, kind.section)
         with ray_session(cfg.batch):
-            pool = ActorPool(KindActor, (kind.name, cfg, out), max(1, min(int(section.workers), len(plan.todo))), num_cpus=section.num_cpus,
+            pool_size = max(1, min(int(section.workers), len(plan.todo)))
+            pool = ActorPool(KindActor, (kind.name, cfg, out), pool_size, num_cpus=section.num_cpus,
                              num_gpus=section.num_gpus, env=actor_env(cfg.batch), max_restarts=cfg.batch.actor_restarts, on_crash=kind.crashed,
                              poll_s=cfg.batch.poll_s)
             claims = Claims(out, plan.run_id, cfg.batch.lease_s)
             ctx = RunContext(kind, out, plan.run_id, pool, claims, progress)
             shard = run_shard.with_options(task_run_name=f"{kind.name}-shard-{{index}}")
+            shards, pending = enumerate(iter_shards(plan.todo, section.shard_size)), {}
+            window = 2 * pool_size + 2  # shards in flight: the plan's rows stay on disk until their shard is due
             try:
-                futures = {shard.submit(i, jobs, quote(ctx)): (i, jobs) for i, jobs in enumerate(iter_shards(plan.todo, section.shard_size))}
-                for fut in as_completed(list(futures)):
+                while True:
+                    for i, jobs in itertools.islice(shards, max(0, window - len(pending))):
+                        pending[shard.submit(i, jobs, quote(ctx))] = (i, jobs)
+                    if not pending:
+                        break
+                    fut = next(as_completed(list(pending)))
+                    i, jobs = pending.pop(fut)
                     try:
                         elsewhere += fut.result()
                     except Exception as exc:  # noqa: BLE001 - retries exhausted: the shard's rows fail, the run goes on
-                        i, jobs = futures[fut]
                         logger.error("shard %d failed after its retries: %s", i, exc)
                         rows = [kind.crashed(job, exc) for job in jobs if job[kind.id_column] not in ctx.finished.get(i, {})]
                         write_part(kind, out, plan.run_id, f"{i:06d}-failed", list(ctx.finished.pop(i, {}).values()) + rows)
@@ -193,7 +201,7 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
     # Load: summary (this run's parts), compaction, artifacts
     progress.publish()
     summary = finish_task(kind, quote(plan), grace_s=cfg.batch.compact_grace_s, t0=t0, work_s=work_s, elsewhere=elsewhere, flow_run_id=str(flow_run.id))
-    rows = summary.pop("rows") + [dict(r, status="skipped") for r in plan.kept[:TABLE_ROWS]]
+    rows = summary.pop("rows") + [dict(r, status="skipped") for r in plan.kept.head(TABLE_ROWS)]
     rows.sort(key=lambda r: (r["status"] != "error", r[kind.id_column]))
     create_table_artifact(table=[{k: r.get(k) for k in kind.result_schema.names if k not in ("transient", "input_digest")} for r in rows[:TABLE_ROWS]],
                           key=f"{kind.name}-summary", description=f"{kind.name}: {plan.total} rows of {manifest} (first {TABLE_ROWS}, errors first)")

@@ -524,3 +524,81 @@ def test_batch_tab_shows_each_job_and_gives_everything_as_one_zip(app_page, astr
     import pyarrow.parquet as pq
 
     assert sorted(pq.read_table(tmp_path / "unzipped" / "results.parquet").column("job_id").to_pylist()) == ["cup", "nod", "smile"]
+
+
+TWO_SENTENCES = "Hello, I am your teacher today. We will learn how rain is made."
+
+
+def audio_duration_in_page(page, elem_id: str, timeout: float = 30_000) -> float:
+    """The duration (s) of the sound Gradio's player in #elem_id has loaded, as the browser decodes it
+    (its file loaded into an <audio> element of the page)."""
+    page.wait_for_selector(f"#{elem_id} a[download]", timeout=timeout)
+    return page.evaluate(
+        """(id) => new Promise((ok, fail) => {
+               const a = new Audio(document.querySelector(`#${id} a[download]`).href);
+               a.onloadedmetadata = () => ok(a.duration); a.onerror = () => fail(new Error("not playable")); })""",
+        elem_id,
+    )
+
+
+def type_into(page, selector: str, text: str) -> None:
+    """Type ``text`` as a person does (key by key: Gradio's input event follows keystrokes)."""
+    page.locator(selector).fill("")
+    page.locator(selector).press_sequentially(text, delay=5)
+
+
+def test_text_source_speaks_a_script_and_gives_a_video_with_subtitles(app_page, astronaut_png, tmp_path):
+    import webvtt
+
+    from facepose.media.video import probe_video
+
+    page = app_page
+    upload(page, "reference", astronaut_png)
+    wait_text(page, "reference-status", "face found")
+    page.locator("#pose-source label", has_text="Text").click()
+    wait_text(page, "source-info", "type a script")  # a hint before anything is typed
+    assert page.locator("#text-language input").first.input_value() == "English"
+    page.locator("#text-listen").click()  # nothing to say yet: the reason, in step 2
+    wait_text(page, "source-info", "the script is empty")
+
+    type_into(page, "#text-script textarea", TWO_SENTENCES)
+    wait_text(page, "source-info", f"{len(TWO_SENTENCES)} characters")
+    page.locator("#text-listen").click()
+    wait_text(page, "source-info", "2 sentences")
+    speech_s = audio_duration_in_page(page, "text-speech")
+    assert 2.0 < speech_s < 8.0, speech_s
+    assert page.locator("#text-speech #time").inner_text() == "0:00"
+    page.locator("#text-speech button[aria-label='Play']").click()  # the player plays it
+    page.wait_for_function("() => document.querySelector('#text-speech #time').innerText !== '0:00'", timeout=10_000)
+    shot(page, "30-text-listen")
+    page.locator("#step-pose").screenshot(path=str(ARTIFACTS / "31-text-step.png"))
+
+    page.locator("#make-pose").click()
+    wait_text(page, "pose-status", "with its audio", timeout=60_000)
+    assert abs(video_state(page, "pose-video")["duration"] - speech_s) < 0.1
+
+    page.locator("#generate").click()
+    wait_text(page, "result-status", "with its speech and subtitles", timeout=RENDER_TIMEOUT_MS)
+    video = video_state(page, "result-video")
+    assert abs(video["duration"] - speech_s) < 0.1, (video, speech_s)
+    assert plays(page, "result-video") > 0.3
+    with page.expect_download() as dl:
+        page.locator("#result-download").click()
+    dl.value.save_as(tmp_path / "lesson.mp4")
+    assert probe_video(str(tmp_path / "lesson.mp4")).has_audio
+    page.wait_for_selector('#result-captions a[download$=".srt"]')
+    with page.expect_download() as dl:
+        page.locator('#result-captions a[download$=".vtt"]').click()
+    dl.value.save_as(tmp_path / "lesson.vtt")
+    cues = webvtt.read(str(tmp_path / "lesson.vtt"))
+    assert [c.text for c in cues] == ["Hello, I am your teacher today.", "We will learn how rain is made."]
+    assert cues[0].start_in_seconds < cues[1].start_in_seconds < speech_s
+    shot(page, "32-text-video")
+
+    # a reload brings back the script, its language and voice, the speech and the subtitles
+    page.reload()
+    page.wait_for_function("(t) => document.querySelector('#text-script textarea')?.value === t", arg=TWO_SENTENCES)
+    assert page.locator("#text-box").is_visible()
+    assert page.locator("#text-language input").first.input_value() == "English"
+    assert abs(audio_duration_in_page(page, "text-speech") - speech_s) < 0.01
+    page.wait_for_selector('#result-captions a[download$=".vtt"]')

@@ -361,3 +361,141 @@ def test_sessions_keep_the_latest_values_per_browser():
     assert s.get("a") == {}  # the oldest session went
     assert s.get("b") == {"seconds": 3} and s.get(None) == {}
     assert h.existing("/no/such/file.mp4") is None
+
+
+# -- the Text source ------------------------------------------------------------------------------
+def test_text_source_offers_the_main_languages_and_their_voices(cfg):
+    langs = h.languages(cfg)
+    assert {"English": "en", "Spanish": "es", "Chinese (Mandarin)": "zh", "Arabic": "ar"}.items() <= langs.items()
+    spanish = [name for _, name in h.voices(cfg, "es")]
+    assert spanish[0] == "" and "es" in spanish  # the language's default voice first
+    assert "en-gb" not in spanish
+    assert h.text_cfg(cfg, "Chinese (Mandarin)", "").tts.language == "zh"
+    assert h.text_cfg(cfg, "Spanish", "es", burn=True).tts.captions == "burn"
+    assert cfg.tts.captions == "files"  # the app's own config is not changed
+
+
+def test_text_source_explains_an_empty_or_long_script_and_an_unknown_language(cfg, ws):
+    app = AppConfig(max_script_chars=40)
+    for empty in ("", "   \n  "):
+        with pytest.raises(InputError, match="the script is empty; type what the face should say in step 2"):
+            h.driver_for("text", text=empty)
+    with pytest.raises(InputError, match="the script has 41 characters, over this app's limit of 40; shorten it"):
+        h.check_driver(h.driver_for("text", text="x" * 41), "text", app)
+    h.check_driver(h.driver_for("text", text="x" * 40), "text", app)
+    with pytest.raises(InputError, match="unknown language 'Klingon' for the Text source; choose from English, Spanish"):
+        h.text_cfg(cfg, "Klingon", "")
+    with pytest.raises(InputError, match="unknown voice 'robot' for English; pick one from the voice list"):
+        h.text_cfg(cfg, "English", "robot")
+    with pytest.raises(InputError, match="the script is empty"):
+        h.speak("", "English", "", cfg, ws)
+    with pytest.raises(InputError, match="unknown language"):
+        h.speak("Hello.", "xx", "", cfg, ws)
+
+
+def test_listen_speaks_the_script_as_the_render_will(cfg, ws):
+    import soundfile
+
+    spoken = h.speak("Good morning, class. Today we count to ten.", "English", "", cfg, ws)
+    info = soundfile.info(str(spoken.audio))
+    assert spoken.sentences == 2 and info.subtype == "PCM_16"
+    assert info.duration == pytest.approx(spoken.seconds, abs=0.01)
+    driver = h.driver_for("text", text="Good morning, class. Today we count to ten.")
+    assert h.source_seconds(driver, "text", h.text_cfg(cfg, "English", "")) == pytest.approx(spoken.seconds, abs=0.01)
+    arabic = h.speak("مرحبا بكم.", "Arabic", "", cfg, ws)
+    assert arabic.voice == "ar" and arabic.seconds > 0.3
+    chinese = h.speak("你好。今天我们学习数字。", "Chinese (Mandarin)", "", cfg, ws)
+    assert chinese.voice == "cmn" and chinese.sentences == 2
+    spanish = h.speak("Hola. ¿Cómo estás?", "Spanish", "es-419", cfg, ws)
+    assert spanish.voice == "es-419" and spanish.sentences == 2
+
+
+def test_generate_from_text_is_as_long_as_the_speech_with_its_subtitles(astronaut_png, ws, cfg):
+    import webvtt
+
+    from facepose.media.audio import load_audio
+    from facepose.media.video import probe_video
+
+    tcfg = h.text_cfg(cfg, "English", "")
+    script = "One two three. Four five six."
+    spoken = h.speak(script, "English", "", cfg, ws)
+    out = h.generate_video(str(astronaut_png), h.driver_for("text", text=script), "text", None, "warp", 0, tcfg, ws,
+                           h.RendererPool(tcfg))
+    info = probe_video(str(out.video))
+    assert info.has_audio and abs(info.duration - spoken.seconds) < 0.1
+    assert sorted(p.suffix for p in out.captions) == [".srt", ".vtt"]
+    assert [c.text for c in webvtt.read(str(next(p for p in out.captions if p.suffix == ".vtt")))] == \
+        ["One two three.", "Four five six."]
+    assert "with its speech and subtitles" in out.message
+    sound = load_audio(str(out.video), sr=16000)
+    assert abs(len(sound) / 16000 - out.seconds) < 0.05
+
+
+# -- sound of the pose preview --------------------------------------------------------------------
+def _pose(frames: int, **meta):
+    from facepose.pose.sequence import PoseSequence
+
+    return PoseSequence(landmarks=np.zeros((frames, 68, 2), np.float32), meta=dict(meta))
+
+
+def test_preview_sound_is_fitted_as_the_render_fits_it():
+    sr = 16000
+    tone = np.linspace(0.1, 1.0, sr, dtype=np.float32)  # 1 s, every sample different
+    # a text lesson (cues): padded with silence to the pose's 2 s, never looped
+    text = h.fit_audio(tone, _pose(48, cues=[(0.0, 1.0, "Hi.")]), sr)
+    assert len(text) == 2 * sr and np.array_equal(text[:sr], tone) and not text[sr:].any()
+    # a looped driving video of 12 frames (0.5 s) with 1 s of sound: its first 0.5 s loops with its frames
+    looped = h.fit_audio(tone, _pose(48, loop_frames=12), sr)
+    assert len(looped) == 2 * sr and np.array_equal(looped[sr // 2:sr], tone[:sr // 2])
+    # speech drove the pose: the speech itself repeats
+    speech = h.fit_audio(tone, _pose(36), sr)
+    assert len(speech) == int(1.5 * sr) and np.array_equal(speech[sr:], tone[:sr // 2])
+
+
+# -- batch results ----------------------------------------------------------------------------------
+def test_batch_progress_and_downloads_read_every_run_s_result_parts(tmp_path, cfg):
+    import zipfile
+
+    from facepose.batch import get_kind
+    from facepose.batch.results import write_part
+    from facepose.manifest import utc_now
+
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    run = h.BatchRun("jobs.csv", out, tmp_path / "run", cfg=cfg,
+                     planned=[{"job_id": j, "status": "waiting", "output": f"{out}/{j}.mp4"} for j in ("a", "b")])
+    run.started, run.started_iso = time.time(), "2000-01-01T00:00:00Z"
+    kind = get_kind("render", cfg)
+    now = utc_now()
+    write_part(kind, out, "20261130T070000-aaaaaaaa", "0", [{"job_id": "a", "status": "ok", "output": f"{out}/a.mp4",
+                                                            "seconds": 2.0, "finished_at": now}])
+    write_part(kind, out, "20261130T070000-aaaaaaaa", "1", [{"job_id": "b", "status": "error", "error": "no face in b.png",
+                                                            "finished_at": now}])
+    (tmp_path / "out" / "a.mp4").write_bytes(b"not decoded here")  # a text job's video and its subtitles
+    (tmp_path / "out" / "a.vtt").write_text("WEBVTT\n\n00:00:00.300 --> 00:00:01.000\nHi.\n")
+    (tmp_path / "out" / "a.srt").write_text("1\n00:00:00,300 --> 00:00:01,000\nHi.\n")
+    st = run.poll()
+    assert {r["job_id"]: r["status"] for r in st.rows} == {"a": "ok", "b": "error"}
+    bundle = run._downloads()[0]
+    with zipfile.ZipFile(bundle) as z:
+        assert sorted(z.namelist()) == ["results.csv", "results.parquet", "videos/a.mp4", "videos/a.srt", "videos/a.vtt"]
+        assert z.read("videos/a.vtt").decode().startswith("WEBVTT")
+    import pyarrow.parquet as pq
+
+    assert sorted(pq.read_table(tmp_path / "run" / "results.parquet").column("job_id").to_pylist()) == ["a", "b"]
+
+
+def test_a_broken_batch_run_names_the_exception_that_ended_it(tmp_path):
+    import sys
+
+    run = h.BatchRun("jobs.csv", str(tmp_path / "out"), tmp_path / "run", planned=[{"job_id": "a", "status": "waiting"}])
+    # a stand-in child that fails as render-batch does when the engine cannot start (seen on a loaded machine)
+    run.PROGRAM = (sys.executable, "-c", "import sys; print('Traceback (most recent call last):'); "
+                   "print('RuntimeError: Timed out while attempting to connect to ephemeral Prefect API server.'); "
+                   "print('INFO prefect: Stopping temporary server'); sys.exit(1)")
+    run.start()
+    assert run.wait(timeout=20) == 1
+    st = run.poll()
+    assert "render-batch failed (exit 1)" in st.message
+    assert "RuntimeError: Timed out while attempting to connect to ephemeral Prefect API server." in st.message
+    assert st.rows[0]["status"] == "not run"

@@ -88,3 +88,26 @@ def test_help_documents_the_exit_codes():
         text = " ".join(result.stdout.split())
         assert result.returncode == 0 and "0 every row ok or skipped" in text and "2 the run could not start" in text
         assert "--retry-failed" in text and "--dry-run" in text
+
+
+def test_json_summaries_of_render_curate_and_lesson_batches(folder):
+    """`--json` prints one JSON document on stdout: the plan of a dry run, the summary of a run with
+    nothing left to do, and the error of a run that cannot start (exit codes unchanged)."""
+    import json
+
+    out = str(folder / "out")
+    (folder / "jobs.csv").write_text("job_id,reference,driver,seconds\nnod,ref.png,preset:nod,1\nbad,ref.png,,1\n")
+    plan = facepose("render-batch", str(folder / "jobs.csv"), "-o", out, "--dry-run", "--json")
+    assert plan.returncode == 1, plan.stderr[-2000:]
+    summary = json.loads(plan.stdout)
+    assert (summary["jobs"], summary["to_run"], summary["error"], summary["dry_run"]) == (2, 1, 1, True)
+    assert summary["errors"][0]["job_id"] == "bad" and "driver is empty" in summary["errors"][0]["error"]
+    (folder / "v.mp4").write_bytes(b"not really a video")
+    (folder / "videos.csv").write_text("video_id,video\nv,v.mp4\n")
+    curate = json.loads(facepose("curate", str(folder / "videos.csv"), "-o", out, "--dry-run", "--json").stdout)
+    assert (curate["videos"], curate["to_run"]) == (1, 1)
+    (folder / "lessons.csv").write_text("job_id,reference,driver\nintro,ref.png,text:Hello there.\n")
+    lesson = facepose("lesson-batch", str(folder / "lessons.csv"), "-o", out, "--dry-run", "--json")
+    assert lesson.returncode == 0 and json.loads(lesson.stdout)["to_run"] == 1, lesson.stderr[-2000:]
+    missing = facepose("render-batch", str(folder / "missing.csv"), "-o", out, "--json")
+    assert missing.returncode == 2 and "missing.csv" in json.loads(missing.stdout)["error"]

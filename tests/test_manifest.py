@@ -225,20 +225,75 @@ def test_result_parts_merge_on_read_and_compact_once(tmp_path):
     assert read_results(kind, out)["a"]["frames"] == 5 and mf.read_results(str(tmp_path / "out" / "results.parquet"))["c"]["status"] == "ok"
 
 
+@pytest.mark.parametrize("name", ["m.csv", "m.jsonl", "m.parquet"])
+def test_planning_in_batches_checks_ids_across_batches_and_numbers_rows_of_the_whole_manifest(tmp_path, name):
+    """A manifest planned 3 rows at a time: a duplicate id and a duplicate output in a later batch fail
+    with the row numbers of the file, and the planned rows come back in manifest order."""
+    from facepose.batch.plan import plan_run
+
+    (tmp_path / "ref.png").write_bytes(b"photo bytes")
+    rows = [{"job_id": f"j{i}", "reference": "ref.png", "driver": "preset:nod", "seconds": 1, "output": None} for i in range(8)]
+    rows[5]["job_id"] = "j1"  # duplicate id, two batches after its first row
+    rows[7]["output"] = "j2.mp4"  # the default output of j2
+    uri = str(tmp_path / name)
+    mf.write_rows(uri, rows)
+    kind, out = _kind(), str(tmp_path / "out")
+    plan = plan_run(kind, uri, out, batch_rows=3)
+    assert [j["job_id"] for j in plan.todo] == ["j0", "j1", "j2", "j3", "j4", "j6"]
+    errors = {r["job_id"]: r["error"] for r in plan.failed}
+    assert "manifest row 6" in errors["#6"] and "first on row 2" in errors["#6"]
+    assert "manifest row 8" in errors["j7"] and "also the output of job 'j2'" in errors["j7"]
+    assert plan.todo[5]["job_id"] == "j6" and len(plan.todo) == 6 and plan.total == 8
+
+
+def test_latest_result_per_id_in_arrow_matches_the_row_merge(tmp_path):
+    """The columnar merge keeps, per id, the newest row, a later file on a tie, and never a skipped row over another."""
+    from facepose.batch.results import latest, merge_into
+
+    rows = [
+        dict(mf.result_row("a", "error", error="boom"), finished_at="2026-01-01T00:00:01Z"),
+        dict(mf.result_row("a", "ok", frames=5), finished_at="2026-01-01T00:00:02Z"),
+        dict(mf.result_row("a", "skipped"), finished_at="2026-01-01T00:00:09Z"),
+        dict(mf.result_row("b", "ok", frames=1), finished_at="2026-01-01T00:00:03Z"),
+        dict(mf.result_row("b", "ok", frames=2), finished_at="2026-01-01T00:00:03Z"),
+        dict(mf.result_row("c", "skipped"), finished_at="2026-01-01T00:00:03Z"),
+        dict(mf.result_row("d", "ok", frames=7), finished_at="2026-01-01T00:00:05Z"),
+        dict(mf.result_row("d", "error", error="later"), finished_at="2026-01-01T00:00:06Z"),
+    ]
+    import pyarrow as pa
+
+    merged = latest(pa.Table.from_pylist(rows, schema=mf.RESULT_SCHEMA), "job_id").to_pylist()
+    expected: dict = {}
+    merge_into(expected, rows, "job_id")
+    assert [r["job_id"] for r in merged] == ["a", "b", "c", "d"]
+    assert {r["job_id"]: (r["status"], r["frames"]) for r in merged} == {k: (v["status"], v["frames"]) for k, v in expected.items()}
+
+
+def test_a_spool_keeps_rows_on_disk_and_reads_them_again(tmp_path):
+    from facepose.batch.plan import Spool
+    from facepose.batch.results import iter_shards
+
+    spool = Spool({"job_id": f"j{i}", "seconds": i / 2} for i in range(7))
+    assert len(spool) == 7 and spool[6] == {"job_id": "j6", "seconds": 3.0} and spool.head(2) == [{"job_id": "j0", "seconds": 0.0}, {"job_id": "j1", "seconds": 0.5}]
+    assert [len(s) for s in iter_shards(spool, 3)] == [3, 3, 1] and list(spool) == list(spool)
+    spool.append({"job_id": "x"})
+    assert len(list(spool)) == 8 and Spool() == [] and not Spool()
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_claim_is_held_by_one_run_until_released_or_lapsed(tmp_path, s3, where):
     from facepose.batch.results import Claims
 
     out = str(tmp_path / "out") if where == "local" else f"{s3}/claims"
-    a, b = Claims(out, "run-a", lease_s=1.0), Claims(out, "run-b", lease_s=1.0)
+    a, b = Claims(out, "run-a", lease_s=3.0), Claims(out, "run-b", lease_s=3.0)
     try:
         assert a.take("j") and not b.take("j")
-        time.sleep(1.2)  # a renews every lease_s/3: its claim does not lapse while it holds it
+        time.sleep(3.6)  # a renews every lease_s/3: its claim does not lapse while it holds it
         assert not b.take("j")
         a.release("j")
         assert b.take("j") and not a.take("j")
         b._stop.set()  # b is "killed": no more renewals
-        time.sleep(1.3)
+        time.sleep(3.9)
         assert a.take("j")  # the lapsed claim is taken over
     finally:
         a.close()
@@ -362,3 +417,74 @@ def test_a_value_error_in_a_renderer_is_internal_and_an_unknown_backend_is_input
     assert "Traceback" in caplog.text  # logged with its traceback for whoever fixes it
     unknown = mf.run_render_job(_job(tmp_path, backend="teleport").to_row(), None, {})
     assert unknown["error_kind"] == "input" and "unknown renderer 'teleport'; choose from" in unknown["error"]
+
+
+def test_per_row_pose_controls_override_the_runs_config_and_enter_the_digest(tmp_path):
+    """head_amplitude ... roll columns: a value overrides pose.adjust for its row, an empty cell keeps the
+    run's config, an out-of-range value fails the row alone, and the values change the input digest."""
+    from facepose.batch.plan import plan_run
+    from facepose.config import Config
+
+    (tmp_path / "ref.png").write_bytes(b"photo bytes")
+    base = {"reference": "ref.png", "driver": "preset:nod", "seconds": 1}
+    rows = [dict(base, job_id="plain"), dict(base, job_id="still", head_amplitude=0, yaw=""), dict(base, job_id="turned", yaw=-20.5, blink_rate=12),
+            dict(base, job_id="wild", smoothing=2), dict(base, job_id="word", expression="lots")]
+    uri = str(tmp_path / "m.csv")
+    mf.write_rows(uri, rows)
+    plan = plan_run(_kind(), uri, str(tmp_path / "out"))
+    jobs = {j["job_id"]: j for j in plan.todo}
+    assert jobs["plain"]["adjust"] is None and jobs["still"]["adjust"] == {"head_amplitude": 0.0}
+    assert jobs["turned"]["adjust"] == {"yaw": -20.5, "blink_rate": 12.0}
+    errors = {r["job_id"]: r["error"] for r in plan.failed}
+    assert "smoothing must be between 0 and 1" in errors["wild"] and "expression 'lots' is not a number" in errors["word"]
+    digests = {j["input_digest"] for j in jobs.values()}
+    assert len(digests) == 3  # same inputs otherwise: the controls make the difference
+    cfg = Config()
+    cfg.pose.adjust.expression = 0.5  # the run's own setting
+    row_cfg = mf.with_adjust(cfg, jobs["turned"]["adjust"])
+    assert (row_cfg.pose.adjust.yaw, row_cfg.pose.adjust.blink_rate, row_cfg.pose.adjust.expression) == (-20.5, 12.0, 0.5)
+    assert cfg.pose.adjust.yaw == 0.0  # the run's config is untouched
+
+
+def test_videos_curated_before_the_timing_fix_are_curated_again_once(tmp_path, monkeypatch):
+    """The curate digest carries CURATE_VERSION: a result with the digest of an older version (here:
+    the digest as it was before the field existed) reruns; an ok result of this version is kept."""
+    from dataclasses import asdict
+
+    from facepose import curate as cu
+    from facepose.batch.plan import plan_run
+    from facepose.batch.results import write_part
+
+    kind = _kind("curate")
+    manifest, out = _curate_manifest(tmp_path), str(tmp_path / "out")
+    job = plan_run(kind, manifest, out).todo[0]
+    c, cfg = asdict(kind.cfg.curate), kind.cfg
+    settings = {k: c[k] for k in ("fps", "clip_size", "crop_margin", "shot_threshold", "min_clip_s", "max_clip_s", "min_face_px",
+                                   "max_missing", "min_sharpness", "smooth", "sample_rate", "n_mels", "crf")}
+    before_fix = mf.digest({"video": job["video"], "video_fp": storage.fingerprint(job["video"]), "audio": None, "audio_fp": None, "start": None,
+                            "end": None, "curate": settings, "face": asdict(cfg.face)})
+    assert before_fix != job["input_digest"]
+    write_part(kind, out, "20260101T000000-aaaaaaaa", "0", [kind.result("j", "ok", input_digest=before_fix)])
+    assert [j["video_id"] for j in plan_run(kind, manifest, out).todo] == ["j"]  # curated before the fix: again
+    time.sleep(1.1)
+    write_part(kind, out, "20260101T000002-bbbbbbbb", "0", [kind.result("j", "ok", input_digest=job["input_digest"])])
+    assert plan_run(kind, manifest, out).todo == []  # once
+    monkeypatch.setattr(cu, "CURATE_VERSION", cu.CURATE_VERSION + 1)
+    assert plan_run(kind, manifest, out).todo[0]["input_digest"] not in (job["input_digest"], before_fix)
+
+
+def test_outputs_are_unique_across_batches_without_keeping_every_default_path():
+    """Only named outputs are remembered; a default <prefix>/<id>.mp4 is known from its id."""
+    seen: dict = {}
+    batch1 = [{"job_id": "x", "reference": "r.png", "driver": "preset:nod", "output": "y.mp4"},
+              {"job_id": "p", "reference": "r.png", "driver": "preset:nod", "output": "sub/p2.mp4"},
+              {"job_id": "bad", "reference": "r.png", "driver": "preset:nod", "seconds": -1}]
+    batch2 = [{"job_id": "y", "reference": "r.png", "driver": "preset:nod"},  # its default is x's output
+              {"job_id": "q", "reference": "r.png", "driver": "preset:nod", "output": "p.mp4"},  # p's default path is free
+              {"job_id": "r", "reference": "r.png", "driver": "preset:nod", "output": "bad.mp4"},  # so is a failed row's
+              {"job_id": "s", "reference": "r.png", "driver": "preset:nod", "output": "./x.mp4"}]  # x renders to y.mp4
+    jobs1, errors1 = mf.parse_render_rows(batch1, "out", seen=seen)
+    jobs2, errors2 = mf.parse_render_rows(batch2, "out", start=4, seen=seen)
+    assert [j.job_id for j in jobs1 + jobs2] == ["x", "p", "q", "r", "s"] and len(errors1) == 1
+    assert [e["job_id"] for e in errors2] == ["y"] and "manifest row 4" in errors2[0]["error"] and "job 'x'" in errors2[0]["error"]
+    assert set(seen["outputs"].values()) == {"x", "p", "q", "r", "s"}

@@ -23,16 +23,22 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from facepose.config import AppConfig, Config, PoseAdjustConfig
+from facepose.config import AppConfig, Config, PoseAdjustConfig, TTSConfig
 from facepose.errors import FaceposeError, InputError, MediaError, ModelNotFoundError
 from facepose.render.base import ProgressFn
-from facepose.timeline import SAMPLE_RATE, samples_for_frames
+from facepose.timeline import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 #: the pose sources of step 2: label shown in the app -> ``kind`` of :func:`facepose.pose.source.from_source`.
 #: A new source kind adds a label here, a branch in :func:`driver_for` and a box in step 2 of the page.
-SOURCES: dict[str, str] = {"Preset": "preset", "Driving video": "video", "Speech audio": "audio"}
+SOURCES: dict[str, str] = {"Preset": "preset", "Driving video": "video", "Speech audio": "audio", "Text": "text"}
+#: the Text source's language picker: label -> language code (:mod:`facepose.tts`); languages the speech
+#: backend cannot speak are left out of the picker (:func:`languages`)
+LANGUAGES: dict[str, str] = {
+    "English": "en", "Spanish": "es", "French": "fr", "German": "de", "Portuguese": "pt", "Italian": "it",
+    "Chinese (Mandarin)": "zh", "Arabic": "ar", "Hindi": "hi", "Russian": "ru", "Japanese": "ja",
+}
 #: renderers whose output depends on the seed (the page offers a seed only for these)
 STOCHASTIC = ("diffusion",)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -69,7 +75,7 @@ class Workspace:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def prune(self, older_than_s: float = 24 * 3600, kinds: tuple[str, ...] = ("renders", "poses", "batch")) -> int:
+    def prune(self, older_than_s: float = 24 * 3600, kinds: tuple[str, ...] = ("renders", "poses", "batch", "speech")) -> int:
         """Delete what earlier sessions left in ``kinds`` more than ``older_than_s`` ago -> entries removed."""
         cutoff = time.time() - older_than_s
         removed = 0
@@ -201,6 +207,9 @@ def check_driver(driver: str, kind: str, app: AppConfig) -> None:
     wrong kind, or cannot be read (a damaged file, or another kind of file with a video's name)."""
     from facepose.pose.source import AUDIO_EXTS, VIDEO_EXTS
 
+    if kind == "text":
+        check_script(driver.removeprefix("text:"), app)
+        return
     if kind not in ("video", "audio"):
         return
     what = "driving video" if kind == "video" else "speech recording"
@@ -219,12 +228,15 @@ def check_driver(driver: str, kind: str, app: AppConfig) -> None:
 def source_hint(kind: str) -> str:
     """What step 2 says before a file of ``kind`` is given (a hint, not an error)."""
     return {"video": "Upload a driving video (mp4, mov, webm, ...): the pose follows the face in it.",
-            "audio": "Upload or record speech (wav, mp3, m4a, ...): the mouth and head move with it."}.get(kind, "")
+            "audio": "Upload or record speech (wav, mp3, m4a, ...): the mouth and head move with it.",
+            "text": "Type a script: it is spoken in the chosen language and voice, the face says it, "
+                    "and the video comes with subtitles."}.get(kind, "")
 
 
-def driver_for(kind: str, preset: Optional[str] = None, video: Optional[str] = None, audio: Optional[str] = None) -> str:
-    """The ``driver`` string of :func:`facepose.render.job.render_video` for the chosen source, or an
-    InputError saying what is missing."""
+def driver_for(kind: str, preset: Optional[str] = None, video: Optional[str] = None, audio: Optional[str] = None,
+               text: Optional[str] = None) -> str:
+    """The ``driver`` string of :func:`facepose.render.job.render_video` for the chosen source (a script
+    becomes a ``text:`` driver, :mod:`facepose.lesson`), or an InputError saying what is missing."""
     if kind == "preset":
         if not preset:
             raise InputError("no preset chosen; pick one in step 2")
@@ -237,11 +249,119 @@ def driver_for(kind: str, preset: Optional[str] = None, video: Optional[str] = N
         if not audio:
             raise InputError("no speech audio given; upload or record it in step 2 (wav, mp3, m4a, ...)")
         return str(audio)
+    if kind == "text":
+        if not text or not text.strip():
+            raise InputError("the script is empty; type what the face should say in step 2 (one or more sentences)")
+        return "text:" + text.strip()
     raise InputError(f"unknown pose source {kind!r}; choose from {sorted(SOURCES.values())}")
 
 
-def source_seconds(driver: str, kind: str) -> float:
-    """The driver's own length in seconds (a preset's length, a video's or an audio file's duration)."""
+# -- step 2: the Text source ------------------------------------------------------------------------
+def languages(cfg: Config) -> dict[str, str]:
+    """The entries of :data:`LANGUAGES` the configured speech backend (``tts``) has a voice for."""
+    from facepose.tts import get_backend
+
+    backend = get_backend(_tts(cfg))
+    out = {}
+    for label, code in LANGUAGES.items():
+        try:
+            backend.resolve(None, code)
+        except FaceposeError:
+            continue
+        out[label] = code
+    return out
+
+
+def voices(cfg: Config, language: Optional[str]) -> list[tuple[str, str]]:
+    """(label, voice name) of the voices speaking ``language`` (``facepose.tts.list_voices``); first
+    ("Default", "") for the language's own default voice."""
+    from facepose.tts import list_voices
+
+    code = (language or "").lower()
+    out = [("Default voice", "")]
+    for v in list_voices(_tts(cfg)):
+        if any(lang.lower() == code or lang.lower().startswith(code + "-") or lang.lower().startswith(code + "_")
+               for lang in v.languages):
+            out.append((f"{v.name} ({v.description})" if v.description and v.description != v.name else v.name, v.name))
+    return out
+
+
+def _tts(cfg: Optional[Config]) -> TTSConfig:
+    return (cfg if cfg is not None else Config()).tts
+
+
+def check_script(text: Optional[str], app: AppConfig) -> str:
+    """The script of the Text source, stripped; InputError when it is empty or over ``app.max_script_chars``."""
+    script = (text or "").strip()
+    if not script:
+        raise InputError("the script is empty; type what the face should say in step 2 (one or more sentences)")
+    if len(script) > app.max_script_chars:
+        raise InputError(f"the script has {len(script)} characters, over this app's limit of {app.max_script_chars}; "
+                         "shorten it (render longer lessons with `facepose render` or `facepose lesson-batch`)")
+    return script
+
+
+def text_cfg(cfg: Config, language: Optional[str], voice: Optional[str] = None, burn: bool = False) -> Config:
+    """``cfg`` (a whole Config) speaking ``language`` (a code or a :data:`LANGUAGES` label) with ``voice``
+    ("" / None: the language's default voice), captions burnt into the frames when ``burn``; InputError
+    naming the choices for a language or voice the speech backend does not have."""
+    import dataclasses
+
+    from facepose.lesson import with_voice
+    from facepose.tts import get_backend
+
+    langs = languages(cfg)
+    lang = (language or "").strip()
+    code = langs.get(lang) or (lang if lang in langs.values() else None)
+    if code is None:
+        raise InputError(f"unknown language {lang or '(none)'!r} for the Text source; choose from {', '.join(langs)}")
+    out = with_voice(cfg, voice=voice or None, language=code)
+    try:
+        get_backend(out.tts).resolve(out.tts.voice, out.tts.language)
+    except FaceposeError:
+        raise InputError(f"unknown voice {voice!r} for {lang}; pick one from the voice list "
+                         f"(or the default voice)") from None
+    if burn:
+        out = dataclasses.replace(out, tts=dataclasses.replace(out.tts, captions="burn"))
+    return out
+
+
+@dataclass
+class SpokenScript:
+    """The Text source spoken: ``audio`` (16-bit WAV in the workspace), its length, cues and voice."""
+
+    audio: Path
+    seconds: float
+    sentences: int
+    voice: str
+    message: str
+
+
+def speak(script: Optional[str], language: Optional[str], voice: Optional[str], cfg: Config, ws: Workspace) -> SpokenScript:
+    """Synthesise the Text source's script as the render will (``facepose.lesson.speech_for``, the same
+    cache) -> a WAV copy the browser can play, and a line for step 2."""
+    import soundfile as sf
+
+    from facepose.lesson import speech_for
+
+    app = cfg.app
+    driver = driver_for("text", text=check_script(script, app))
+    tcfg = text_cfg(cfg, language, voice)
+    speech, wav, _ = speech_for(driver, tcfg.tts, with_audio=True)
+    out = ws.new("speech", ".wav", "speech")
+    sf.write(str(out), speech.audio, speech.sample_rate, subtype="PCM_16")
+    n = len(speech.cues)
+    message = (f"Speech: **{speech.seconds:.2f} s**, {n} sentence{'s' if n != 1 else ''}, voice **{speech.voice}**. "
+               "The pose and the video follow it; a duration of 0 uses all of it.")
+    if speech.seconds > app.max_seconds:
+        raise InputError(f"the script's speech is {speech.seconds:.1f} s long, over this app's limit of "
+                         f"{app.max_seconds:g} s; shorten the script")
+    return SpokenScript(audio=out, seconds=float(speech.seconds), sentences=n, voice=speech.voice, message=message)
+
+
+def source_seconds(driver: str, kind: str, cfg: Optional[Config] = None) -> float:
+    """The driver's own length in seconds (a preset's length, a video's or an audio file's duration, a
+    script's speech with ``cfg.tts``'s voice: synthesised once, then cached)."""
     if kind == "preset":
         name = driver.split(":", 1)[1] if driver.startswith("preset:") else driver
         for p in presets():
@@ -256,11 +376,19 @@ def source_seconds(driver: str, kind: str) -> float:
         from facepose.media.audio import audio_duration
 
         return float(audio_duration(driver))
+    if kind == "text":
+        from facepose.lesson import speech_for
+
+        return float(speech_for(driver, _tts(cfg))[0].seconds)
     raise InputError(f"unknown pose source {kind!r}; choose from {sorted(SOURCES.values())}")
 
 
-def describe_source(driver: str, kind: str) -> str:
+def describe_source(driver: str, kind: str, cfg: Optional[Config] = None) -> str:
     """One markdown line about the chosen source: its name and own length."""
+    if kind == "text":  # no synthesis here (this runs as a person types): Listen tells the length
+        script = driver.removeprefix("text:")
+        return (f"Script: {len(script)} characters. Press **Listen** to hear it; the pose and the video follow "
+                "its speech, with subtitles.")
     own = source_seconds(driver, kind)
     if kind == "preset":
         name = driver.split(":", 1)[-1]
@@ -270,7 +398,7 @@ def describe_source(driver: str, kind: str) -> str:
     return f"{what} **{Path(driver).name}**: {own:.2f} s. The pose follows it; a duration of 0 uses all of it."
 
 
-def check_seconds(seconds: Optional[float], driver: str, kind: str, app: AppConfig) -> Optional[float]:
+def check_seconds(seconds: Optional[float], driver: str, kind: str, app: AppConfig, cfg: Optional[Config] = None) -> Optional[float]:
     """Validate the requested duration against the app's limit -> ``seconds`` (None: the source's own).
 
     The source's own length is checked too, so a long upload fails here and not after minutes of work."""
@@ -282,19 +410,24 @@ def check_seconds(seconds: Optional[float], driver: str, kind: str, app: AppConf
         if seconds > app.max_seconds:
             raise InputError(f"duration {seconds:g} s is over this app's limit of {app.max_seconds:g} s; choose a shorter one")
         return seconds
-    own = source_seconds(driver, kind)
+    own = source_seconds(driver, kind, cfg)
     if own > app.max_seconds:
-        name = driver if kind == "preset" else Path(driver).name
+        name = driver if kind == "preset" else "the script's speech" if kind == "text" else Path(driver).name
         raise InputError(f"{name} is {own:.1f} s long, over this app's limit of {app.max_seconds:g} s; set a shorter duration")
     if own <= 0:
         raise InputError(f"{Path(driver).name} has no length (0 s); use a longer file")
     return None
 
 
-def fit_audio(audio: np.ndarray, frames: int, fps: float, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """audio: (N,) float32 -> (round(frames / fps * sr),) trimmed, or looped as a looped pose loops it."""
-    n = samples_for_frames(frames, fps, sr)
-    return np.resize(audio, n) if len(audio) else np.zeros(n, np.float32)
+def fit_audio(audio: np.ndarray, pose: Any, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """audio: (N,) float32 at ``sr`` -> (round(len(pose) / pose.fps * sr),) float32, fitted to ``pose`` as
+    :func:`facepose.render.job.render_video` fits it: a looped driver's sound loops with the driver's own
+    frames (``meta["loop_frames"]``), speech repeats itself, a text lesson's speech (it has cues) is
+    padded with silence, never looped (:func:`facepose.media.audio.fit_track`)."""
+    from facepose.media.audio import fit_track
+
+    period = len(pose) if pose.meta.get("cues") is not None else pose.meta.get("loop_frames")
+    return fit_track(audio, len(pose), pose.fps, sr, period_frames=int(period) if period else None)
 
 
 @dataclass
@@ -368,14 +501,14 @@ def make_pose_preview(
 
     if not reference:
         raise InputError("no reference photo yet; upload one in step 1 (the pose is fitted to its face)")
-    seconds = check_seconds(seconds, driver, kind, cfg.app)
+    seconds = check_seconds(seconds, driver, kind, cfg.app, cfg)
     crop, pose = base_pose(reference, driver, kind, seconds, cfg)
     pose = adjust_pose(pose, adjust if adjust is not None else cfg.pose.adjust, rest=crop.landmarks)
     if len(pose) == 0:
         raise InputError(f"the pose from {Path(driver).name} has 0 frames; use a longer source")
     audio_uri = pose.meta.get("audio")
-    audio = fit_audio(load_audio(audio_uri, sr=SAMPLE_RATE), len(pose), pose.fps) if audio_uri else None
-    stem = driver.split(":", 1)[-1] if kind == "preset" else Path(driver).stem
+    audio = fit_audio(load_audio(audio_uri, sr=SAMPLE_RATE), pose) if audio_uri else None
+    stem = driver_stem(driver, kind)
     video = ws.new("poses", ".mp4", stem)
     size = cfg.pose.size
     with VideoWriter(str(video), fps=pose.fps, audio=audio, sample_rate=SAMPLE_RATE) as writer:
@@ -384,7 +517,7 @@ def make_pose_preview(
             if progress is not None:
                 progress(i + 1, len(pose))
     plot = ws.new("poses", ".png", stem)
-    pose.source = Path(driver).name if kind != "preset" else driver  # the plot's title: no server path
+    pose.source = driver if kind == "preset" else "script" if kind == "text" else Path(driver).name  # no server path
     plot_pose(pose, str(plot))
     lost = int((~pose.visible).sum())
     extra = f", face lost in {lost}" if lost else ""
@@ -451,7 +584,8 @@ class RendererPool:
 
 @dataclass
 class Generated:
-    """A rendered video: ``video`` (512x512, 24 fps H.264 mp4, with audio when audio drove it)."""
+    """A rendered video: ``video`` (512x512, 24 fps H.264 mp4, with audio when audio drove it) and, for a
+    text source, its subtitle files."""
 
     video: Path
     frames: int
@@ -459,6 +593,7 @@ class Generated:
     render_s: float
     audio: Optional[str]
     message: str
+    captions: tuple[Path, ...] = ()  # .vtt and .srt beside the video (text sources)
 
 
 def generate_video(
@@ -485,12 +620,12 @@ def generate_video(
         raise InputError("no reference photo yet; upload one in step 1")
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
-    seconds = check_seconds(seconds, driver, kind, cfg.app)
+    seconds = check_seconds(seconds, driver, kind, cfg.app, cfg)
     cfg = with_adjust(cfg, adjust)
     renderer = pool.get(backend)
     if steps is not None:
         renderer = with_steps(renderer, int(steps))
-    stem = driver.split(":", 1)[-1] if kind == "preset" else Path(driver).stem
+    stem = driver_stem(driver, kind)
     output = ws.new("renders", ".mp4", f"{Path(reference).stem}-{stem}")
     if on_stage is not None:
         on_stage(f"waiting for the {backend} renderer")
@@ -499,12 +634,23 @@ def generate_video(
             str(reference), driver, str(output), seconds=seconds, backend=backend, seed=int(seed), cfg=cfg,
             renderer=renderer, driver_type=kind, progress=progress, on_stage=on_stage,
         )
-    sound = f", with the audio of {Path(result.audio).name}" if result.audio else ""
+    sound = (", with its speech and subtitles" if kind == "text" else
+             f", with the audio of {Path(result.audio).name}" if result.audio else "")
     seeded = f" (seed {int(seed)})" if backend in STOCHASTIC else ""
     message = (f"Done: {result.frames} frames, {result.seconds:.2f} s at 24 fps{sound}; "
                f"rendered by **{backend}**{seeded} in {result.render_s:.1f} s.")
     return Generated(video=output, frames=result.frames, seconds=result.seconds, render_s=result.render_s,
-                     audio=result.audio, message=message)
+                     audio=result.audio, message=message, captions=tuple(Path(c) for c in result.captions))
+
+
+def driver_stem(driver: str, kind: str) -> str:
+    """A short name for files made from ``driver`` (the script's first words for a text driver)."""
+    if kind == "preset":
+        return driver.split(":", 1)[-1]
+    if kind == "text":
+        words = ["".join(c for c in w if c.isalnum()) for w in driver.removeprefix("text:").split()[:4]]
+        return "-".join(w for w in words if w)[:40] or "script"
+    return Path(driver).stem
 
 
 class RenderCancelled(FaceposeError):
@@ -729,12 +875,15 @@ class BatchRun:
     PROGRAM: tuple[str, ...] = (sys.executable, "-m", "facepose.cli")
 
     def __init__(self, manifest: str, out: str, folder: Path, config_file: Optional[Path] = None,
-                 results_uri: Optional[str] = None, planned: Optional[list[dict[str, Any]]] = None):
-        from facepose.manifest import results_uri as default_results
+                 cfg: Optional[Config] = None, planned: Optional[list[dict[str, Any]]] = None):
+        from facepose.batch import get_kind
+        from facepose.batch.results import results_uri
+        from facepose.config import Config
 
         self.manifest, self.out, self.folder = str(manifest), str(out).rstrip("/"), Path(folder)
         self.config_file = config_file
-        self.results_uri = results_uri or default_results(self.out)
+        self.kind = get_kind("render", cfg if cfg is not None else Config())
+        self.results_uri = results_uri(self.kind, self.out)
         self.planned = planned or []  # rows of the table before anything ran
         self.log_path = self.folder / "render-batch.log"
         self.proc: Optional[subprocess.Popen] = None
@@ -806,7 +955,8 @@ class BatchRun:
         """Every job's state now, from what the run leaves in storage: done markers (written as each job
         finishes) and the results Parquet (merged after each shard). Rows stamped before this run started
         are earlier runs' work, which this run skips."""
-        from facepose.manifest import read_markers, read_results
+        from facepose.batch.results import read_results
+        from facepose.manifest import read_markers
 
         code = self.proc.poll() if self.proc is not None else None
         finished = self.proc is not None and code is not None
@@ -814,7 +964,7 @@ class BatchRun:
             self.ended = time.time()
         rows = {r["job_id"]: dict(r) for r in self.planned}
         try:
-            results = read_results(self.results_uri)
+            results = read_results(self.kind, self.out)  # results.parquet merged with every run's parts
             markers = read_markers(self.out, list(rows))
         except FaceposeError as e:  # a results file being replaced, an S3 blip: look again next time
             log.warning("batch: cannot read progress yet: %s", e)
@@ -857,8 +1007,12 @@ class BatchRun:
             return f"Batch stopped after {elapsed:.0f} s ({summary}). Run it again to pick up where it stopped."
         # render-batch exits 1 when some jobs failed, a finished run; it broke when jobs were left unrun
         if code != 0 and (not rows or any(r.get("status") == "not run" for r in rows)):
-            last = next((ln for ln in reversed(self.log_tail(200).splitlines()) if ln.strip()), "no output")
-            return f"<span class='fp-warn'>⚠ render-batch failed (exit {code}) after {elapsed:.0f} s: {last.strip()}</span>"
+            lines = [ln.strip() for ln in self.log_tail(200).splitlines() if ln.strip()]
+            # the exception that ended it (e.g. the engine's API server not starting), else the last line
+            last = next((ln for ln in reversed(lines) if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)),
+                        lines[-1] if lines else "no output")
+            return (f"<span class='fp-warn'>⚠ render-batch failed (exit {code}) after {elapsed:.0f} s: "
+                    f"{_html_escape(scrub(last))}</span>")
         return f"Batch finished in {elapsed:.0f} s: {summary}. {self._where(done=True)}"
 
     def _where(self, done: bool = False) -> str:
@@ -891,17 +1045,19 @@ class BatchRun:
         return local
 
     def _downloads(self) -> list[Path]:
-        """The run's results as CSV and Parquet (read through :func:`facepose.manifest.read_results`, from
-        any storage) and one zip with them and every finished video, in the run's folder."""
+        """The run's results as CSV and Parquet (read through :func:`facepose.batch.results.read_results`:
+        the results file merged with the per-run parts, from any storage) and one zip with them and every
+        finished video (with its subtitles, for text drivers), in the run's folder."""
         import zipfile
 
-        from facepose.manifest import RESULT_SCHEMA, read_results, write_rows
+        from facepose.batch.results import read_results
+        from facepose.manifest import RESULT_SCHEMA, write_rows
 
         parquet = self.folder / "results.parquet"
         csv_path = self.folder / "results.csv"
         bundle = self.folder / f"facepose-batch-{self.folder.name}.zip"
         if not bundle.is_file():
-            rows = sorted(read_results(self.results_uri).values(), key=lambda r: str(r["job_id"]))
+            rows = sorted(read_results(self.kind, self.out).values(), key=lambda r: str(r["job_id"]))
             write_rows(str(csv_path), rows, schema=RESULT_SCHEMA)
             write_rows(str(parquet), [{n: r.get(n) for n in RESULT_SCHEMA.names} for r in rows], schema=RESULT_SCHEMA)
             tmp = bundle.with_suffix(".part")
@@ -912,8 +1068,27 @@ class BatchRun:
                     video = self.local_video(r)
                     if video is not None:  # mp4 is compressed already: stored as it is
                         z.write(video, f"videos/{_safe_stem(str(r['job_id']))}.mp4", compress_type=zipfile.ZIP_STORED)
+                        for ext, text in self.subtitles(r).items():  # a lesson's .vtt and .srt
+                            z.writestr(f"videos/{_safe_stem(str(r['job_id']))}{ext}", text)
             tmp.replace(bundle)
         return [bundle, csv_path, parquet]
+
+    def subtitles(self, row: dict[str, Any]) -> dict[str, str]:
+        """The subtitle files render-batch wrote beside a finished text job's video: {".vtt": text, ".srt": text}."""
+        from facepose import storage
+        from facepose.lesson import caption_paths
+
+        out = row.get("output")
+        if not isinstance(out, str) or not out:
+            return {}
+        found = {}
+        for uri in caption_paths(out):
+            try:
+                if storage.exists(uri):
+                    found[uri[uri.rfind("."):]] = storage.read_text(uri)
+            except FaceposeError as e:
+                log.warning("batch: cannot fetch %s: %s", uri, e)
+        return found
 
     def videos(self, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         """(local video path, caption) of every finished job so far, for the page's gallery."""
@@ -942,7 +1117,7 @@ def start_batch(
     """Stage an uploaded manifest (or take ``manifest_uri``), check its rows, and start ``render-batch``
     on it in its own process -> the running :class:`BatchRun`."""
     from facepose.config import to_yaml
-    from facepose.manifest import manifest_dir, parse_render_rows, read_rows, results_uri
+    from facepose.manifest import manifest_dir, parse_render_rows, read_rows
 
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     folder = ws.dir("batch") / run_id
@@ -967,5 +1142,5 @@ def start_batch(
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "config.yaml"
     config_file.write_text(to_yaml(cfg))
-    run = BatchRun(manifest, out, folder, config_file, results_uri(out, cfg.render), planned)
+    run = BatchRun(manifest, out, folder, config_file, cfg, planned)
     return run.start()

@@ -17,6 +17,7 @@ import html
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
@@ -131,6 +132,22 @@ class AppUI:
         except Exception as e:  # no preset module: the app still renders from video and audio
             log.warning("no pose presets: %s", h.friendly_error(e))
             self.presets = []
+        try:
+            self.languages = h.languages(cfg)
+        except Exception as e:  # no speech backend here: the Text source says so when used
+            log.warning("no text-to-speech: %s", h.friendly_error(e))
+            self.languages = {}
+
+    def source_cfg(self, kind: str, language: Optional[str], voice: Optional[str], burn: bool = False) -> Any:
+        """The config a source renders with: for Text, ``tts`` speaking the chosen language and voice."""
+        return h.text_cfg(self.cfg, language, voice, burn) if kind == "text" else self.cfg
+
+    def voice_choices(self, language: Optional[str]) -> list[tuple[str, str]]:
+        try:
+            return h.voices(self.cfg, self.languages.get(language or "", language))
+        except Exception as e:
+            log.warning("no voices: %s", h.friendly_error(e))
+            return [("Default voice", "")]
 
     # -- step 1 -----------------------------------------------------------------------------------
     def on_reference(self, sid: Optional[str], path: Optional[str]):
@@ -158,54 +175,74 @@ class AppUI:
     # -- step 2 -----------------------------------------------------------------------------------
     def on_source_kind(self, label: str):
         kind = h.SOURCES.get(label, "preset")
-        return gr.update(visible=kind == "preset"), gr.update(visible=kind == "video"), gr.update(visible=kind == "audio")
+        return (gr.update(visible=kind == "preset"), gr.update(visible=kind == "video"), gr.update(visible=kind == "audio"),
+                gr.update(visible=kind == "text"))
 
     def source_info(self, label: str, preset: Optional[str], video: Optional[str], audio: Optional[str],
+                    script: Optional[str] = None, language: Optional[str] = None, voice: Optional[str] = None,
                     seconds: Any = None) -> tuple[str, Optional[str]]:
         """Step 2's line about the chosen source (its length, or what is wrong) and the preset preview."""
         kind = h.SOURCES.get(label, "preset")
         preview = None
-        given = {"preset": preset, "video": video, "audio": audio}.get(kind)
+        given = {"preset": preset, "video": video, "audio": audio, "text": (script or "").strip()}.get(kind)
         if not given:
             return (h.source_hint(kind) if kind != "preset" else "Pick a preset."), None
         try:
-            driver = h.driver_for(kind, preset, video, audio)
+            driver = h.driver_for(kind, preset, video, audio, script)
             h.check_driver(driver, kind, self.app)
-            info = h.describe_source(driver, kind)
+            cfg = self.source_cfg(kind, language, voice)
+            info = h.describe_source(driver, kind, cfg)
             if kind == "preset":
                 preview = str(h.preset_preview(preset, self.ws, self.app.preview_size))
-            h.check_seconds(_seconds(seconds), driver, kind, self.app)
+            if kind != "text" or _seconds(seconds) is not None:  # a script's own length: Listen tells it
+                h.check_seconds(_seconds(seconds), driver, kind, self.app, cfg)
         except Exception as e:
             return _fail(e), preview
         return info, preview
 
-    def on_source(self, sid, label, preset, video, audio, seconds):
+    def on_source(self, sid, label, preset, video, audio, script, language, voice, seconds):
         """A source input changed -> source info, preset preview, pose video, pose plot, pose status, result status."""
-        info, preview = self.source_info(label, preset, video, audio, seconds)
+        info, preview = self.source_info(label, preset, video, audio, script, language, voice, seconds)
         session = self.sessions.get(sid)
-        self.sessions.update(sid, source=label, preset=preset, video=video, audio=audio, seconds=seconds,
-                             source_info=info, pose_video=None, pose_plot=None, pose_status="")
+        self.sessions.update(sid, source=label, preset=preset, video=video, audio=audio, script=script, language=language,
+                             voice=voice, seconds=seconds, source_info=info, pose_video=None, pose_plot=None, pose_status="")
         stale = STALE_RESULT if session.get("result") else gr.update()
         return info, preview, None, None, "", stale
 
-    def on_seconds(self, sid, label, preset, video, audio, seconds):
+    def on_language(self, sid, language):
+        """The language changed -> the voice picker, set to the language's default voice."""
+        self.sessions.update(sid, language=language, voice="")
+        return gr.update(choices=self.voice_choices(language), value="")
+
+    def on_listen(self, sid, script, language, voice):
+        """Listen: speak the script -> speech audio, source info."""
+        try:
+            spoken = h.speak(script, language, voice, self.cfg, self.ws)
+        except Exception as e:
+            return None, _fail(e)
+        self.sessions.update(sid, speech=str(spoken.audio), source_info=spoken.message)
+        return str(spoken.audio), spoken.message
+
+    def on_seconds(self, sid, label, preset, video, audio, script, language, voice, seconds):
         """The duration changed -> source info (with the duration checked), pose status, result status."""
-        info, _ = self.source_info(label, preset, video, audio, seconds)
+        info, _ = self.source_info(label, preset, video, audio, script, language, voice, seconds)
         session = self.sessions.get(sid)
         self.sessions.update(sid, seconds=seconds, source_info=info)
         pose = ("<span class='fp-stale'>⚠ The duration changed: press **Preview pose** again.</span>"
                 if session.get("pose_video") else gr.update())
         return info, pose, STALE_RESULT if session.get("result") else gr.update()
 
-    def on_make_pose(self, sid, reference, label, preset, video, audio, seconds, *adjust, progress=gr.Progress()):
+    def on_make_pose(self, sid, reference, label, preset, video, audio, script, language, voice, seconds, *adjust,
+                     progress=gr.Progress()):
         """-> pose video, pose plot, pose status, source info (a problem with the source is shown there, once)."""
         kind = h.SOURCES.get(label, "preset")
-        self.sessions.update(sid, source=label, preset=preset, video=video, audio=audio, seconds=seconds,
-                             adjust=list(adjust))
+        self.sessions.update(sid, source=label, preset=preset, video=video, audio=audio, script=script, language=language,
+                             voice=voice, seconds=seconds, adjust=list(adjust))
         try:
-            driver = h.driver_for(kind, preset, video, audio)
+            driver = h.driver_for(kind, preset, video, audio, script)
             h.check_driver(driver, kind, self.app)
-            h.check_seconds(_seconds(seconds), driver, kind, self.app)
+            cfg = self.source_cfg(kind, language, voice)
+            h.check_seconds(_seconds(seconds), driver, kind, self.app, cfg)
         except Exception as e:
             self.sessions.update(sid, pose_video=None, pose_plot=None, pose_status="")
             return None, None, warn("No pose: the source above has a problem."), _fail(e)
@@ -213,7 +250,7 @@ class AppUI:
             if not reference:
                 raise h.InputError("no reference photo yet; upload one in step 1 (the pose is fitted to its face)")
             progress(0, desc="making the pose sequence")
-            pv = h.make_pose_preview(reference, driver, kind, _seconds(seconds), self.cfg, self.ws,
+            pv = h.make_pose_preview(reference, driver, kind, _seconds(seconds), cfg, self.ws,
                                      progress=lambda i, n: progress((i, n), desc="drawing the pose", unit="frames"),
                                      adjust=adjust_of(adjust))
         except Exception as e:
@@ -222,7 +259,8 @@ class AppUI:
         self.sessions.update(sid, pose_video=str(pv.video), pose_plot=str(pv.plot), pose_status=pv.message)
         return str(pv.video), str(pv.plot), pv.message, gr.update()
 
-    def on_adjust(self, sid, reference, label, preset, video, audio, seconds, *adjust, progress=gr.Progress()):
+    def on_adjust(self, sid, reference, label, preset, video, audio, script, language, voice, seconds, *adjust,
+                  progress=gr.Progress()):
         """A pose control moved: redraw the pose preview when there is one to redraw -> pose video, plot,
         status, source info, result status."""
         session = self.sessions.get(sid)
@@ -230,7 +268,8 @@ class AppUI:
         stale = STALE_RESULT if session.get("result") else gr.update()
         if not reference or not session.get("pose_video"):
             return gr.update(), gr.update(), "Pose controls are applied to the pose preview and the video.", gr.update(), stale
-        return *self.on_make_pose(sid, reference, label, preset, video, audio, seconds, *adjust, progress=progress), stale
+        return *self.on_make_pose(sid, reference, label, preset, video, audio, script, language, voice, seconds, *adjust,
+                                  progress=progress), stale
 
     def on_adjust_reset(self, sid):
         defaults = [1.0 if f in ("head_amplitude", "expression") else 0.0 for _, f, *_ in ADJUST_SLIDERS]
@@ -242,16 +281,16 @@ class AppUI:
         self.sessions.update(sid, backend=backend)
         return gr.update(visible=backend == "diffusion"), gr.update(visible=backend in h.STOCHASTIC)
 
-    def on_generate(self, sid, reference, label, preset, video, audio, seconds, backend, seed, steps, *adjust,
-                    progress=gr.Progress()):
-        """A generator: -> (result video, download button, result status, reference status, source info),
-        first at once (the old result cleared), then every ``tick`` while the render runs."""
+    def on_generate(self, sid, reference, label, preset, video, audio, script, language, voice, seconds, burn, backend,
+                    seed, steps, *adjust, progress=gr.Progress()):
+        """A generator: -> (result video, download button, subtitle files, result status, reference status,
+        source info), first at once (the old result cleared), then every ``tick`` while the render runs."""
         keep = gr.update()
-        nothing = (None, gr.update(value=None, visible=False))
+        nothing = (None, gr.update(value=None, visible=False), gr.update(value=None, visible=False))
         kind = h.SOURCES.get(label, "preset")
-        self.sessions.update(sid, source=label, preset=preset, video=video, audio=audio, seconds=seconds,
-                             backend=backend, seed=seed, steps=steps, adjust=list(adjust), result=None,
-                             result_status="")
+        self.sessions.update(sid, source=label, preset=preset, video=video, audio=audio, script=script, language=language,
+                             voice=voice, seconds=seconds, burn=bool(burn), backend=backend, seed=seed, steps=steps,
+                             adjust=list(adjust), result=None, result_status="", captions=[])
         # 1. the photo
         try:
             if not reference:
@@ -263,9 +302,10 @@ class AppUI:
             return
         # 2. the pose source and duration
         try:
-            driver = h.driver_for(kind, preset, video, audio)
+            driver = h.driver_for(kind, preset, video, audio, script)
             h.check_driver(driver, kind, self.app)
-            secs = h.check_seconds(_seconds(seconds), driver, kind, self.app)
+            cfg = self.source_cfg(kind, language, voice, bool(burn))
+            secs = h.check_seconds(_seconds(seconds), driver, kind, self.app, cfg)
             adj = adjust_of(adjust)
         except Exception as e:
             yield *nothing, warn("Not rendered: step 2 has a problem (see above)."), keep, _fail(e)
@@ -276,7 +316,7 @@ class AppUI:
             yield *nothing, _fail(h.ModelNotFoundError(status.reason)), keep, keep
             return
         work = functools.partial(
-            h.generate_video, reference, driver, kind, secs, backend, int(seed or 0), self.cfg, self.ws, self.pool,
+            h.generate_video, reference, driver, kind, secs, backend, int(seed or 0), cfg, self.ws, self.pool,
             steps=int(steps) if backend == "diffusion" and steps else None, adjust=adj)
         task = h.RenderTask(work, abandon_s=self.app.abandon_s).start()
         self.renders = [*self.renders[-19:], task]
@@ -291,7 +331,7 @@ class AppUI:
                 else:
                     progress(0, desc=task.stage)
                     line = f"Rendering: {task.stage} ..."
-                yield keep, keep, line, keep, keep
+                yield keep, keep, keep, line, keep, keep
         finally:
             if not task.done.is_set():  # Gradio closed this generator: the page is gone
                 task.cancel()
@@ -299,8 +339,10 @@ class AppUI:
             yield *nothing, _fail(task.error), keep, keep
             return
         out = task.result
-        self.sessions.update(sid, result=str(out.video), result_status=out.message)
-        yield str(out.video), gr.update(value=str(out.video), visible=True), out.message, keep, keep
+        captions = [str(c) for c in out.captions if Path(c).is_file()]
+        self.sessions.update(sid, result=str(out.video), result_status=out.message, captions=captions)
+        yield (str(out.video), gr.update(value=str(out.video), visible=True),
+               gr.update(value=captions or None, visible=bool(captions)), out.message, keep, keep)
 
     # -- session ----------------------------------------------------------------------------------
     def on_load(self, sid: Optional[str]):
@@ -310,12 +352,14 @@ class AppUI:
             sid = sid or h.Sessions.new_id()
             first = self.presets[0].name if self.presets else None
             info, preview = self.source_info("Preset", first, None, None)
-            return (sid, *[gr.update()] * 17, info, preview, *[gr.update()] * 11)
+            return (sid, *[gr.update()] * 17, info, preview, *[gr.update()] * 11, *[gr.update()] * 7)
         label = s.get("source") or "Preset"
         kind = h.SOURCES.get(label, "preset")
         reference = h.existing(s.get("reference"))
         video, audio = h.existing(s.get("video")), h.existing(s.get("audio"))
         _, preview = self.source_info(label, s.get("preset"), video, audio) if kind == "preset" else (None, None)
+        language = s.get("language") or next(iter(self.languages), None)
+        captions = [c for c in (h.existing(c) for c in s.get("captions") or []) if c]
         adjust = s.get("adjust") or [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, False, DEFAULT_BLINKS]
         backend = s.get("backend") or "warp"
         result = h.existing(s.get("result"))
@@ -334,6 +378,9 @@ class AppUI:
             backend, gr.update(value=s.get("seed", 0), visible=backend in h.STOCHASTIC),
             gr.update(value=s.get("steps") or gr.update(), visible=backend == "diffusion"),
             result, gr.update(value=result, visible=result is not None), s.get("result_status", "") if result else "",
+            gr.update(visible=kind == "text"), s.get("script") or "", language,
+            gr.update(choices=self.voice_choices(language), value=s.get("voice") or ""), h.existing(s.get("speech")),
+            bool(s.get("burn")), gr.update(value=(captions or None) if result else None, visible=bool(captions and result)),
         )
 
     # -- batch ------------------------------------------------------------------------------------
@@ -402,7 +449,8 @@ class AppUI:
                                                  elem_id="reference-status", elem_classes="fp-status")
                     # 2. Pose
                     with gr.Column(elem_id="step-pose", elem_classes="fp-step"):
-                        gr.Markdown("### 2 · Pose\nA preset, a driving video (retargeted to your face) or speech.",
+                        gr.Markdown("### 2 · Pose\nA preset, a driving video (retargeted to your face), speech, or a "
+                                    "script to speak.",
                                     elem_classes="fp-step-title")
                         with gr.Row():
                             with gr.Column(scale=5, min_width=300):
@@ -421,6 +469,25 @@ class AppUI:
                                 with gr.Column(visible=False) as audio_box:
                                     audio = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                                      elem_id="speech-audio")
+                                with gr.Column(visible=False, elem_id="text-box") as text_box:
+                                    script = gr.Textbox(label="Script", lines=5, max_lines=14, elem_id="text-script",
+                                                        max_length=app.max_script_chars * 2,
+                                                        placeholder="Hello! Today we learn about the water cycle.\n\n"
+                                                                    "A blank line makes a longer pause.",
+                                                        info=f"What the face says: sentences become subtitles; at most "
+                                                             f"{app.max_script_chars} characters.")
+                                    first_lang = next(iter(self.languages), None)
+                                    with gr.Row():
+                                        language = gr.Dropdown(list(self.languages), value=first_lang, label="Language",
+                                                               elem_id="text-language", min_width=140)
+                                        voice = gr.Dropdown(self.voice_choices(first_lang), value="", label="Voice",
+                                                            elem_id="text-voice", min_width=140)
+                                    with gr.Row():
+                                        listen = gr.Button("▶ Listen", size="md", elem_id="text-listen", scale=1, min_width=110)
+                                        burn = gr.Checkbox(False, label="Burn subtitles into the video", elem_id="text-burn",
+                                                           scale=3, info="The .vtt and .srt files come with the video either way.")
+                                    speech = gr.Audio(label="Speech of the script", type="filepath", interactive=False,
+                                                      buttons=["download"], elem_id="text-speech")
                                 seconds = gr.Number(value=0, label="Duration (seconds)", elem_id="seconds",
                                                     info=f"0: the source's own length (presets loop). At most {app.max_seconds:g} s.")
                                 source_info = gr.Markdown("", elem_id="source-info", elem_classes="fp-status")
@@ -461,21 +528,31 @@ class AppUI:
                                 result = gr.Video(label="Result", interactive=False, height=420,
                                                   buttons=["download"], elem_id="result-video")
                                 download = gr.DownloadButton("Download mp4", visible=False, elem_id="result-download")
+                                captions = gr.File(label="Subtitles (WebVTT, SRT)", file_count="multiple", interactive=False,
+                                                   visible=False, elem_id="result-captions")
                 with gr.Tab("Batch", id="batch", elem_id="tab-batch"):
                     self._batch_tab()
 
             # events: only what a person does (.upload, .input, .release, .click) marks results stale,
             # so restoring a session on load does not wipe what it restores
-            src = [source, preset, video, audio, seconds]
+            src = [source, preset, video, audio, script, language, voice, seconds]
             to_source = [source_info, preset_preview, pose_video, pose_plot, pose_status, result_status]
             limit = app.preview_concurrency
             for trigger in (reference.upload, reference.clear):
                 trigger(self.on_reference, [sid, reference], [crop, ref_status, pose_video, pose_plot, pose_status, result_status],
                         concurrency_limit=limit)
-            source.input(self.on_source_kind, [source], [preset_box, video_box, audio_box], queue=False)
+            source.input(self.on_source_kind, [source], [preset_box, video_box, audio_box, text_box], queue=False)
             for trigger in (source.input, preset.input, video.upload, video.clear, audio.upload, audio.clear,
-                            audio.stop_recording):
+                            audio.stop_recording, voice.input):
                 trigger(self.on_source, [sid, *src], to_source, concurrency_limit=limit)
+            # typing: cheap checks only (no synthesis), the latest keystroke wins
+            script.input(self.on_source, [sid, *src], to_source, concurrency_limit=limit, trigger_mode="always_last",
+                         show_progress="hidden")
+            language.input(self.on_language, [sid, language], [voice], queue=False).then(
+                self.on_source, [sid, *src], to_source, concurrency_limit=limit)
+            listen.click(self.on_listen, [sid, script, language, voice], [speech, source_info], concurrency_limit=limit,
+                         concurrency_id="pose")
+            burn.input(lambda s, v: self.sessions.update(s, burn=bool(v)), [sid, burn], None, queue=False)
             seconds.input(self.on_seconds, [sid, *src], [source_info, pose_status, result_status], concurrency_limit=limit)
             controls = [*sliders, blink_on, blinks]
             blink_on.input(lambda on: gr.update(interactive=bool(on)), [blink_on], [blinks], queue=False)
@@ -490,13 +567,14 @@ class AppUI:
             backend.input(self.on_backend, [sid, backend], [steps, seed], queue=False)
             seed.input(lambda s, v: self.sessions.update(s, seed=v), [sid, seed], None, queue=False)
             steps.release(lambda s, v: self.sessions.update(s, steps=v), [sid, steps], None, queue=False)
-            generate.click(self.on_generate, [sid, reference, *src, backend, seed, steps, *controls],
-                           [result, download, result_status, ref_status, source_info],
+            generate.click(self.on_generate, [sid, reference, *src, burn, backend, seed, steps, *controls],
+                           [result, download, captions, result_status, ref_status, source_info],
                            concurrency_limit=app.render_concurrency, concurrency_id="render", show_progress_on=[result])
             demo.load(self.on_load, [sid],
                       [sid, reference, crop, ref_status, source, preset_box, video_box, audio_box, preset, video, audio,
                        seconds, *sliders, source_info, preset_preview, blink_on, blinks, pose_video, pose_plot, pose_status,
-                       backend, seed, steps, result, download, result_status])
+                       backend, seed, steps, result, download, result_status,
+                       text_box, script, language, voice, speech, burn, captions])
         return demo
 
     def _batch_tab(self) -> None:
@@ -504,7 +582,8 @@ class AppUI:
             "### Batch render\nA render manifest (CSV, JSONL or Parquet: `job_id`, `reference`, `driver`, optional "
             "`seconds`, `backend`, `seed`, `output`) with the files it names, or the URI of a manifest already in "
             "storage (`s3://bucket/jobs/manifest.csv`). It runs as its own process, the same as "
-            "`facepose render-batch`; a rerun skips finished jobs. Pose controls for a whole batch: "
+            "`facepose render-batch`; a rerun skips finished jobs. A `driver` of `text:Your script.` speaks it "
+            "(its .vtt and .srt subtitles come in the zip). Pose controls for a whole batch: "
             "`facepose -s pose.adjust.head_amplitude=1.5 render-batch ...`.",
             elem_classes="fp-step-title",
         )

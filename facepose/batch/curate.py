@@ -18,8 +18,9 @@ class CurateKind(JobKind):
     result_schema = mf.CURATE_RESULT_SCHEMA
     section = "curate"
 
-    def parse(self, rows: list[dict[str, Any]], out: str, base: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        jobs, errors = mf.parse_curate_rows(rows, base=base)
+    def parse(self, rows: list[dict[str, Any]], out: str, base: str, *, start: int = 1,
+              seen: Optional[dict[str, Any]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        jobs, errors = mf.parse_curate_rows(rows, base=base, start=start, seen_state=seen)
         return [j.to_row() for j in jobs], errors
 
     def digest(self, job: dict[str, Any]) -> Optional[str]:

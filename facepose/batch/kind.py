@@ -32,9 +32,12 @@ class JobKind:
         self.cfg = cfg
 
     # -- planning (in the driver) --------------------------------------------------------------------
-    def parse(self, rows: list[dict[str, Any]], out: str, base: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def parse(self, rows: list[dict[str, Any]], out: str, base: str, *, start: int = 1,
+              seen: Optional[dict[str, Any]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Validate manifest rows -> (job rows, error result rows). ``base``: the folder relative
-        paths are resolved against. Ids must pass :func:`facepose.manifest.check_id` and be unique."""
+        paths are resolved against. Ids must pass :func:`facepose.manifest.check_id` and be unique.
+        Planning hands the manifest over in batches: ``start`` is the row number of ``rows[0]`` and
+        ``seen`` one dict for the whole manifest (ids, outputs... of earlier batches: keep it compact)."""
         raise NotImplementedError
 
     def digest(self, job: dict[str, Any]) -> Optional[str]:

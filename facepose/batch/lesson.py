@@ -33,10 +33,11 @@ class LessonKind(RenderKind):
     noun = "lesson"
     result_schema = LESSON_RESULT_SCHEMA
 
-    def parse(self, rows: list[dict[str, Any]], out: str, base: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def parse(self, rows: list[dict[str, Any]], out: str, base: str, *, start: int = 1,
+              seen: Optional[dict[str, Any]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         from facepose.pose.source import source_kind
 
-        jobs, errors = super().parse(rows, out, base)
+        jobs, errors = super().parse(rows, out, base, start=start, seen=seen)
         kept = []
         for job in jobs:
             try:

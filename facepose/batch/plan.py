@@ -8,34 +8,90 @@ were written loses nothing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from facepose import storage
 from facepose.batch.kind import JobKind
-from facepose.batch.results import new_run_id, read_results
+from facepose.batch.results import new_run_id, read_states
 from facepose.errors import InputError
-from facepose.manifest import DONE_DIR, manifest_dir, read_rows
+from facepose.manifest import DONE_DIR, iter_row_batches, manifest_dir
+
+BATCH_ROWS = 2000  # manifest rows parsed and planned at a time
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+class Spool:
+    """Rows kept on local disk (one JSON line each in an unnamed temporary file), not in memory: a plan
+    of 100,000 jobs costs the driver a file, not 100,000 dicts. Iterable (again and again), ``len``,
+    ``spool[i]`` (reads up to row ``i``) and ``== list`` (for tests); :meth:`append` adds a row."""
+
+    _encode = json.JSONEncoder(separators=(",", ":")).encode
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = ()):
+        self._file = tempfile.TemporaryFile(buffering=1 << 16)  # appends only; reads go through os.pread
+        self._n = 0
+        for row in rows:
+            self.append(row)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._file.write(self._encode(row).encode() + b"\n")
+        self._n += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._file.flush()
+        fd, n, pos, rest = self._file.fileno(), self._n, 0, b""
+        while n:  # rows appended while iterating are not seen
+            chunk = os.pread(fd, 1 << 20, pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines[:n]:
+                yield json.loads(line)
+            n -= min(n, len(lines))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return next(itertools.islice(iter(self), i, None))
+
+    def head(self, n: int) -> list[dict[str, Any]]:
+        return list(itertools.islice(iter(self), n))
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, Spool)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Spool({self._n} rows)"
+
+
+@dataclass(eq=False)
 class Plan:
     """A run's plan. ``todo``: job rows to run; ``kept``: ok results of earlier runs with the same
-    inputs (counted as ``skipped``); ``failed``: error rows of rows that cannot run (bad rows, missing
-    inputs), ``record`` the ones not already recorded that way."""
+    inputs (counted as ``skipped``; reduced to the id, ``status`` and ``input_digest``); ``failed``:
+    error rows of rows that cannot run (bad rows, missing inputs), ``record`` the ones not already
+    recorded that way and the results recovered from done markers. ``todo``, ``kept`` and ``failed``
+    are :class:`Spool` s on local disk, so the plan's memory does not grow with the manifest."""
 
     kind: str
     manifest: str
     out: str
     run_id: str
-    todo: list[dict[str, Any]] = field(default_factory=list)
-    kept: list[dict[str, Any]] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)
+    todo: Spool = field(default_factory=Spool)
+    kept: Spool = field(default_factory=Spool)
+    failed: Spool = field(default_factory=Spool)
     record: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -69,43 +125,55 @@ def _read_marker(kind: JobKind, out: str, job_id: str) -> Optional[dict[str, Any
         return None
 
 
-def plan_run(kind: JobKind, manifest: str, out: str, *, retry_failed: bool = False, run_id: Optional[str] = None) -> Plan:
+def plan_run(kind: JobKind, manifest: str, out: str, *, retry_failed: bool = False, run_id: Optional[str] = None,
+             batch_rows: int = BATCH_ROWS) -> Plan:
     """Read and validate ``manifest``, digest each job's inputs and plan it against earlier results
     and done markers under ``out``. Raises InputError for a manifest that cannot be read at all (one
-    line naming it and the fix), StorageError (maybe transient) when storage fails."""
-    rows = read_rows(manifest, kind.required)
-    if not rows:
-        raise InputError(f"{manifest}: the manifest has no rows; add one {kind.noun} per row (columns {', '.join(kind.required)})")
-    jobs, invalid = kind.parse(rows, out, manifest_dir(manifest))
-    del rows
+    line naming it and the fix), StorageError (maybe transient) when storage fails.
+
+    Streams: the manifest is parsed ``batch_rows`` rows at a time and the planned rows go to
+    :class:`Spool` s; what stays in memory across the manifest is one :data:`State` per earlier result
+    and the ids (and, for render, outputs) the uniqueness checks need."""
     plan = Plan(kind.name, manifest, out, run_id or new_run_id())
-    previous = read_results(kind, out)
+    batches = iter_row_batches(manifest, kind.required, batch_rows)
+    first = next(batches, [])  # the manifest's own errors come first
+    previous = read_states(kind, out)
     markers: Optional[set[str]] = None
-    key = kind.id_column
-    for job in jobs:
-        job_id = job[key]
-        job["input_digest"] = kind.digest(job)
-        if not job["input_digest"]:
-            invalid.append(kind.error_row(job_id, kind.missing(job), kind="input"))
-            continue
-        prev = previous.get(job_id)
-        if not (prev and prev.get("status") == "ok" and prev.get("input_digest") == job["input_digest"]):
+    key, base, seen, n = kind.id_column, manifest_dir(manifest), {}, 0
+    for rows in itertools.chain([first] if first else [], batches):
+        jobs, invalid = kind.parse(rows, out, base, start=n + 1, seen=seen)
+        n += len(rows)
+        del rows
+        for job in jobs:
+            job_id = job[key]
+            job["input_digest"] = kind.digest(job)
+            if not job["input_digest"]:
+                invalid.append(kind.error_row(job_id, kind.missing(job), kind="input"))
+                continue
+            state = previous.get(job_id)
+            if state and state[0] == "ok" and state[1] == job["input_digest"]:
+                plan.kept.append({key: job_id, "status": "ok", "input_digest": state[1]})
+                continue
             if markers is None:
                 markers = _marker_ids(kind, out)
             if job_id in markers:
                 done = _read_marker(kind, out, job_id)
                 if done and done.get("status") == "ok" and done.get("input_digest") == job["input_digest"]:
-                    prev = done  # finished by a run that was killed before its results were written
-                    plan.record.append(done)  # recorded with this run's results (not a failure)
-        if needs_run(prev, job["input_digest"], retry_failed):
-            plan.todo.append(job)
-        else:
-            plan.kept.append(prev)
-    for row in invalid:
-        prev = previous.get(row[key])
-        same = prev is not None and prev.get("status") == "error" and prev.get("error") == row["error"]
-        plan.failed.append(prev if same else row)
-        if not same:
-            plan.record.append(row)
+                    plan.record.append(done)  # finished by a run that was killed before its results were written
+                    plan.kept.append(done)
+                    continue
+            prev = None if state is None else {"status": state[0], "input_digest": state[1], "transient": state[2]}
+            if needs_run(prev, job["input_digest"], retry_failed):
+                plan.todo.append(job)
+            else:
+                plan.kept.append({key: job_id, "status": state[0], "input_digest": state[1], "error": state[3]})  # failed before, not retried
+        for row in invalid:
+            state = previous.get(row[key])
+            same = state is not None and state[0] == "error" and state[3] == row["error"]
+            plan.failed.append(row)
+            if not same:
+                plan.record.append(row)
+    if n == 0:
+        raise InputError(f"{manifest}: the manifest has no rows; add one {kind.noun} per row (columns {', '.join(kind.required)})")
     log.info("%s", plan.describe())
     return plan

@@ -28,10 +28,12 @@ class RenderKind(JobKind):
         super().__init__(cfg)
         self._fingerprints: dict[str, Optional[str]] = {}  # one planning pass: many jobs share a reference
 
-    def parse(self, rows: list[dict[str, Any]], out: str, base: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        self._fingerprints.clear()
+    def parse(self, rows: list[dict[str, Any]], out: str, base: str, *, start: int = 1,
+              seen: Optional[dict[str, Any]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        if start == 1 or len(self._fingerprints) > 10_000:
+            self._fingerprints.clear()
         jobs, errors = mf.parse_render_rows(rows, out, base=base, backend=self.cfg.render.backend, seed=self.cfg.render.seed,
-                                            max_seconds=self.cfg.batch.max_seconds)
+                                            max_seconds=self.cfg.batch.max_seconds, start=start, seen=seen)
         return [j.to_row() for j in jobs], errors
 
     def digest(self, job: dict[str, Any]) -> Optional[str]:

@@ -27,7 +27,9 @@ import time
 import uuid
 from typing import Any, Iterable, Iterator, Optional
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from facepose import storage
@@ -80,11 +82,30 @@ def write_part(kind: JobKind, out: str, run_id: str, name: str, rows: list[dict[
     return uri
 
 
-def _read_table(uri: str) -> list[dict[str, Any]]:
+def _read_arrow(uri: str, schema: pa.Schema) -> pa.Table:
+    """One results file or part as an Arrow table in ``schema`` (missing columns null: older files)."""
     try:
-        return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{uri}: results file is not readable Parquet ({e}); move it away to start afresh") from None
+    cols = [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def latest(table: pa.Table, id_column: str) -> pa.Table:
+    """One row per id, sorted by id: the newest (``finished_at``; on a tie the later row), where a
+    ``skipped`` row never wins over another. Columnar (Arrow): no Python object per row but the ids."""
+    if table.num_rows == 0:
+        return table
+    keys = pa.table({
+        "id": table[id_column], "skip": pc.fill_null(pc.equal(table["status"], "skipped"), False),
+        "fin": pc.fill_null(table["finished_at"], ""), "order": pa.array(np.arange(table.num_rows)),
+    })
+    order = pc.sort_indices(keys, sort_keys=[("id", "ascending"), ("skip", "ascending"), ("fin", "descending"), ("order", "descending")])
+    ids = keys["id"].take(order).to_numpy(zero_copy_only=False)
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return table.take(order.filter(pa.array(first)))
 
 
 def merge_into(merged: dict[str, dict[str, Any]], rows: Iterable[dict[str, Any]], id_column: str) -> None:
@@ -105,35 +126,57 @@ def part_uris(out: str, run_id: Optional[str] = None) -> list[str]:
     return sorted(uris, key=lambda u: u.rsplit("/", 1)[-1])
 
 
-def read_results(kind: JobKind, out: str, run_id: Optional[str] = None) -> dict[str, dict[str, Any]]:
-    """Result rows by id: ``results.parquet`` merged with every part (or only run ``run_id``'s parts)."""
-    merged: dict[str, dict[str, Any]] = {}
+def results_table(kind: JobKind, out: str, run_id: Optional[str] = None, parts: Optional[list[str]] = None) -> pa.Table:
+    """The merged results as one Arrow table, one row per id (:func:`latest`): ``results.parquet`` and
+    every part (or only run ``run_id``'s parts), read one file at a time."""
+    schema = kind.result_schema
+    tables = []
     uri = results_uri(kind, out)
     if run_id is None and storage.exists(uri):
-        merge_into(merged, _read_table(uri), kind.id_column)
-    for part in part_uris(out, run_id):
+        tables.append(_read_arrow(uri, schema))
+    for part in part_uris(out, run_id) if parts is None else parts:
         try:
-            rows = _read_table(part)
+            tables.append(_read_arrow(part, schema))
         except InputError:
             if storage.exists(part):
                 raise
             continue  # compacted and deleted by another run between the listing and the read
-        merge_into(merged, rows, kind.id_column)
-    return merged
+        if len(tables) > 512:  # fold long histories now and then: memory holds one row an id plus the unfolded parts
+            tables = [latest(pa.concat_tables(tables), kind.id_column)]
+    if not tables:
+        return schema.empty_table()
+    return latest(pa.concat_tables(tables), kind.id_column)
+
+
+def read_results(kind: JobKind, out: str, run_id: Optional[str] = None) -> dict[str, dict[str, Any]]:
+    """Result rows by id: ``results.parquet`` merged with every part (or only run ``run_id``'s parts)."""
+    return {row[kind.id_column]: row for row in results_table(kind, out, run_id).to_pylist()}
+
+
+#: What planning needs of an earlier result: (status, input_digest, transient, error)
+State = tuple[Optional[str], Optional[str], bool, Optional[str]]
+
+
+def read_states(kind: JobKind, out: str) -> dict[str, State]:
+    """The latest result of each id, reduced to what planning decides on (:data:`State`): a few
+    strings a row rather than a dict of every column."""
+    t = results_table(kind, out)
+    cols = [t[c].to_pylist() for c in (kind.id_column, "status", "input_digest", "transient", "error")]
+    return {i: (s, d, bool(tr), e) for i, s, d, tr, e in zip(*cols)}
 
 
 def compact(kind: JobKind, out: str, grace_s: float) -> int:
-    """Rewrite ``results.parquet`` from the results file and every part; delete parts older than
-    ``grace_s``. Returns the number of result rows."""
+    """Rewrite ``results.parquet`` from the results file and every part (merged in Arrow, one file at a
+    time); delete parts older than ``grace_s``. Returns the number of result rows."""
     parts = part_uris(out)
-    merged = read_results(kind, out)
-    _write(results_uri(kind, out), _table(kind, (merged[k] for k in sorted(merged))))
+    table = results_table(kind, out, parts=parts)
+    _write(results_uri(kind, out), table)
     now = time.time()
     for part in parts:
         started = _run_time(part.rsplit("/", 1)[-1])
         if started is not None and now - started > grace_s:
             storage.delete(part)
-    return len(merged)
+    return table.num_rows
 
 
 # -- claims ------------------------------------------------------------------------------------------------
@@ -234,7 +277,13 @@ class Claims:
                 pass  # it lapses on its own
 
 
-def iter_shards(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    size = max(1, int(size))
-    for i in range(0, len(rows), size):
-        yield rows[i : i + size]
+def iter_shards(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Lists of ``size`` rows (the last one shorter) from any iterable (a :class:`~facepose.batch.plan.Spool`)."""
+    size, shard = max(1, int(size)), []
+    for row in rows:
+        shard.append(row)
+        if len(shard) >= size:
+            yield shard
+            shard = []
+    if shard:
+        yield shard

@@ -23,13 +23,19 @@ def finish(kind: JobKind, plan: Plan, *, grace_s: float, t0: float, work_s: floa
     """Summarize the run (counts by status: ``skipped`` = done before, or by a concurrent run), then
     compact the results file. ``t0``: the run's start (``time.perf_counter()``)."""
     key = kind.id_column
-    kept = {r[key] for r in plan.kept}
-    ran = [r for r in read_results(kind, plan.out, plan.run_id).values() if r[key] not in kept]
+    recovered = {r[key] for r in plan.record if r["status"] == "ok"}  # done markers of a killed run: counted as skipped
+    ran = [r for r in read_results(kind, plan.out, plan.run_id).values() if r[key] not in recovered]
     compact(kind, plan.out, grace_s)
     ran_ids = {r[key] for r in ran}
-    errors = [r for r in ran if r["status"] == "error"] + [r for r in plan.failed if r[key] not in ran_ids]  # bad rows fail every run
+    errors = [r for r in ran if r["status"] == "error"]
+    n_errors = len(errors)
+    for r in plan.failed:  # bad rows fail every run
+        if r[key] not in ran_ids:
+            n_errors += 1
+            if len(errors) < MAX_ERRORS:
+                errors.append(r)
     summary: dict[str, Any] = {
-        f"{kind.noun}s": plan.total, "ok": sum(r["status"] == "ok" for r in ran), "error": len(errors),
+        f"{kind.noun}s": plan.total, "ok": sum(r["status"] == "ok" for r in ran), "error": n_errors,
         "skipped": len(plan.kept) + elsewhere,
     }
     summary.update(kind.summary(ran, work_s))
@@ -48,5 +54,5 @@ def dry_run_summary(kind: JobKind, plan: Plan, t0: float) -> dict[str, Any]:
     return {
         f"{kind.noun}s": plan.total, "to_run": len(plan.todo), "skipped": len(plan.kept), "error": len(plan.failed),
         "wall_s": time.perf_counter() - t0, "out": plan.out, "dry_run": True,
-        "errors": [{key: r[key], "error": r["error"], "error_kind": r["error_kind"]} for r in plan.failed[:MAX_ERRORS]],
+        "errors": [{key: r[key], "error": r["error"], "error_kind": r["error_kind"]} for r in plan.failed.head(MAX_ERRORS)],
     }
