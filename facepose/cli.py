@@ -297,7 +297,7 @@ def render(
         state.overrides = [*state.overrides, *(f"tts.{k}={v}" for k, v in tts.items() if v)]
         state._cfg = None
     cfg = state.cfg
-    backend = backend or getattr(getattr(cfg, "render", None), "backend", "warp")
+    backend = backend or cfg.render.backend
     with progress_bar(f"rendering ({backend})") as update:
         result = render_video(reference, pose, output, seconds=seconds, backend=backend, seed=seed, cfg=cfg,
                               driver_type=kind, progress=update)

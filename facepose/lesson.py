@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from facepose.config import TTSConfig
+from facepose.config import Config, TTSConfig
 from facepose.errors import InputError
 from facepose.tts import Speech, cached_speech
 
@@ -70,19 +70,15 @@ def text_pose(source: str, reference_landmarks: np.ndarray, canvas: tuple[int, i
     return pose
 
 
-def with_voice(cfg, voice: Optional[str] = None, language: Optional[str] = None, rate: Optional[float] = None):
-    """``cfg`` (a facepose Config) with a manifest row's voice / language / rate in its ``tts`` section
+def with_voice(cfg: Optional[Config], voice: Optional[str] = None, language: Optional[str] = None,
+               rate: Optional[float] = None) -> Config:
+    """``cfg`` (None: the defaults) with a manifest row's voice / language / rate in its ``tts`` section
     (a new object; the given one is not changed). A language without a voice picks that language's voice."""
-    tts = getattr(cfg, "tts", None) or TTSConfig()
+    cfg = Config() if cfg is None else cfg
     changes = {k: v for k, v in (("voice", voice), ("language", language), ("rate", rate)) if v is not None}
     if language is not None and voice is None:
         changes["voice"] = None
-    tts = dataclasses.replace(tts, **changes)
-    if cfg is None:
-        from facepose.config import Config
-
-        cfg = Config()
-    return dataclasses.replace(cfg, tts=tts)
+    return dataclasses.replace(cfg, tts=dataclasses.replace(cfg.tts, **changes))
 
 
 def caption_mode(tts: TTSConfig) -> str:

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from facepose import storage
+from facepose.config import Config, RenderConfig
 from facepose.errors import FaceposeError, InputError, NoFaceError
 
 log = logging.getLogger(__name__)
@@ -460,10 +461,9 @@ def attach_digests(jobs: list[RenderJob], fingerprints: Optional[dict[str, Optio
 
 
 # -- results (the app reads them; runs write them through facepose.batch) ----------------------------
-def results_uri(out: str, cfg: Any = None) -> str:
-    """Where a run's results Parquet goes: ``<out>/<render.results>``."""
-    name = getattr(getattr(cfg, "render", None), "results", None) or "results.parquet"
-    return storage.join(out, name)
+def results_uri(out: str, render: Optional[RenderConfig] = None) -> str:
+    """Where a run's results Parquet goes: ``<out>/<render.results>`` (None: the default section)."""
+    return storage.join(out, (render if render is not None else RenderConfig()).results)
 
 
 def read_markers(output_prefix: str, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -500,17 +500,15 @@ def read_results(uri: str) -> dict[str, dict[str, Any]]:
 
 
 # -- running one job (the body of a render actor's call) -------------------------------------------
-def with_adjust(cfg: Any, adjust: dict[str, float]) -> Any:
+def with_adjust(cfg: Optional[Config], adjust: dict[str, float]) -> Config:
     """A copy of ``cfg`` (None: the defaults) whose ``pose.adjust`` takes the row's values ``adjust``."""
     from dataclasses import replace
-
-    from facepose.config import Config
 
     cfg = cfg if cfg is not None else Config()
     return replace(cfg, pose=replace(cfg.pose, adjust=replace(cfg.pose.adjust, **adjust)))
 
 
-def run_render_job(row: dict[str, Any], cfg: Any = None, renderers: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def run_render_job(row: dict[str, Any], cfg: Optional[Config] = None, renderers: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Render one job (a :meth:`RenderJob.to_row` dict) with :func:`facepose.render.job.render_video`,
     then write its done marker. Never raises: a failure is an ``error`` result row.
 

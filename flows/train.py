@@ -25,7 +25,7 @@ import os
 import secrets
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable, Optional, Sequence
 
 from prefect import flow, get_run_logger
@@ -35,7 +35,7 @@ import tasks.pool  # noqa: F401 - Ray's environment defaults before anything imp
 from facepose import storage
 from facepose.config import load_config
 from facepose.errors import StorageError
-from facepose.train.config import TrainConfig, load_train_config
+from facepose.train.config import TrainConfig, load_train_config, split_overrides
 from facepose.train.step import AUDIO2POSE_DIR, PIPELINE_DIR, latest_checkpoint_uri
 from tasks.pool import STORAGE_ENV, ray_session
 from tasks.train import check_inputs, check_resources, fit_on_ray, write_clips
@@ -43,13 +43,6 @@ from tasks.train import check_inputs, check_resources, fit_on_ray, write_clips
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, dict], None]  # (step, steps, the metric row)
-RUN_SECTIONS = ("storage.", "face.", "pose.", "batch.", "curate.", "render.")  # overrides of the run config, not train
-
-
-def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
-    """-> (training overrides, run-config overrides such as ``storage.endpoint=...``, ``batch.num_cpus=2``)."""
-    run = [o for o in overrides if o.startswith(RUN_SECTIONS)]
-    return [o for o in overrides if not o.startswith(RUN_SECTIONS)], run
 
 
 def new_run_name(cfg: TrainConfig) -> str:
@@ -167,7 +160,7 @@ def run_train(configs: Sequence[str] = ("stage1",), overrides: Sequence[str] = (
     cfg = load_train_config(list(configs), train_overrides)
     overrides = list(overrides)
     if cfg.name is None:
-        cfg.name = new_run_name(cfg)
+        cfg = replace(cfg, name=new_run_name(cfg))
         overrides.append(f"name={cfg.name}")
     stop = threading.Event()
     watcher = None

@@ -9,9 +9,10 @@ import pytest
 import soundfile as sf
 
 from facepose import face_layout as layout
+from facepose.config import Audio2PoseConfig
 from facepose.errors import FaceposeError, MediaError, ModelNotFoundError
 from facepose.pose import face_model as fm
-from facepose.pose.audio2pose import Audio2PoseConfig, audio_features, audio_to_pose
+from facepose.pose.audio2pose import audio_features, audio_to_pose
 from facepose.pose.sequence import PoseSequence
 from facepose.timeline import SAMPLE_RATE as SR
 

@@ -299,8 +299,8 @@ def test_no_checkpoint_configured_says_what_to_download_and_where():
 
 # -- the renderer end to end (face crop and pose drawing from facepose.face / facepose.pose) -------------
 def test_renderer_streams_one_frame_per_pose_frame(pipe, astronaut):
+    from facepose.config import ModelConfig
     from facepose.pose.sequence import PoseSequence
-    from facepose.render.diffusion.config import ModelConfig
     from facepose.render.diffusion.renderer import build_diffusion_renderer
 
     renderer = build_diffusion_renderer(None, pipeline=pipe, model=ModelConfig(steps=2))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from facepose.config import ModelConfig
 from facepose.errors import ModelNotFoundError
 from facepose.render.diffusion.attention import ReferenceBank, install_reference_attention
 from facepose.render.diffusion.build import build_components, build_pipeline
@@ -26,7 +27,7 @@ from facepose.render.diffusion.checkpoint import (
     load_pipeline,
     moore_to_diffusers_key,
 )
-from facepose.render.diffusion.config import ModelConfig, load_arch
+from facepose.render.diffusion.config import load_arch
 from tests.support.diffusion import face_masks, pose_images, reference_image, render, write_moore_layout
 
 

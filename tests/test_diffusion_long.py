@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from facepose.config import ModelConfig
 from facepose.errors import ConfigError, InputError
 from facepose.render.diffusion.build import build_pipeline
 from facepose.render.diffusion.checkpoint import load_moore_animateanyone
-from facepose.render.diffusion.config import ModelConfig, check_model_config, load_arch
+from facepose.render.diffusion.config import check_model_config, load_arch
 from facepose.render.diffusion.pipeline import average_windows, context_windows
 from tests.support.diffusion import SIZE, face_masks, face_points, pose_images, reference_image, render, write_moore_layout
 

@@ -423,7 +423,7 @@ def test_per_row_pose_controls_override_the_runs_config_and_enter_the_digest(tmp
     """head_amplitude ... roll columns: a value overrides pose.adjust for its row, an empty cell keeps the
     run's config, an out-of-range value fails the row alone, and the values change the input digest."""
     from facepose.batch.plan import plan_run
-    from facepose.config import Config
+    from facepose.config import Config, PoseAdjustConfig, PoseConfig
 
     (tmp_path / "ref.png").write_bytes(b"photo bytes")
     base = {"reference": "ref.png", "driver": "preset:nod", "seconds": 1}
@@ -439,8 +439,7 @@ def test_per_row_pose_controls_override_the_runs_config_and_enter_the_digest(tmp
     assert "smoothing must be between 0 and 1" in errors["wild"] and "expression 'lots' is not a number" in errors["word"]
     digests = {j["input_digest"] for j in jobs.values()}
     assert len(digests) == 3  # same inputs otherwise: the controls make the difference
-    cfg = Config()
-    cfg.pose.adjust.expression = 0.5  # the run's own setting
+    cfg = Config(pose=PoseConfig(adjust=PoseAdjustConfig(expression=0.5)))  # the run's own setting
     row_cfg = mf.with_adjust(cfg, jobs["turned"]["adjust"])
     assert (row_cfg.pose.adjust.yaw, row_cfg.pose.adjust.blink_rate, row_cfg.pose.adjust.expression) == (-20.5, 12.0, 0.5)
     assert cfg.pose.adjust.yaw == 0.0  # the run's config is untouched

@@ -34,9 +34,7 @@ def noisy(tmp_path_factory):
 
 
 def unsmoothed() -> FaceConfig:
-    cfg = FaceConfig()
-    cfg.smoothing.enabled = False
-    return cfg
+    return FaceConfig(smoothing=SmoothingConfig(enabled=False))
 
 
 def errors(landmarks: np.ndarray, truth: np.ndarray) -> np.ndarray:

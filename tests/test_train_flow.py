@@ -46,10 +46,9 @@ def mean(values) -> float:
 
 
 def test_stage1_on_two_workers_learns_checkpoints_to_s3_and_the_checkpoint_renders(s3, dataset, astronaut, speech_16k, tmp_path):
-    from facepose.config import load_config
+    from facepose.config import ModelConfig, load_config
     from facepose.manifest import CurateJob
     from facepose.media.video import probe_video
-    from facepose.render.diffusion.config import ModelConfig
     from facepose.render.diffusion.renderer import build_diffusion_renderer
     from flows.train import run_train
 
@@ -186,8 +185,9 @@ def test_stage2_from_a_pipeline_changes_only_its_motion_modules(dataset, tmp_pat
 
 
 def test_audio2pose_trains_through_the_same_flow(dataset, tmp_path, astronaut, speech_16k):
+    from facepose.config import Audio2PoseConfig
     from facepose.face.crop import crop_face
-    from facepose.pose.audio2pose import Audio2PoseConfig, audio_to_pose
+    from facepose.pose.audio2pose import audio_to_pose
     from flows.train import run_train
 
     summary = run_train(["audio2pose"], [

@@ -4,6 +4,7 @@ the objective, reference dropout, the speed flags, EMA, and resuming from a chec
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -198,7 +199,7 @@ def test_a_run_resumes_from_its_checkpoint_with_step_and_optimizer_state(dataset
     assert (tmp_path / "run" / "checkpoint_00000002" / STATE_FILE).is_file()
     assert [r["step"] for r in first.reports] == [1, 2] and first.reports[-1]["optimizer_step"] == 2
 
-    cfg.steps = 4
+    cfg = replace(cfg, steps=4)
     again = LocalSession(tmp_path / "run")
     fit(cfg, again)
     assert [r["step"] for r in again.reports] == [3, 4]
@@ -210,7 +211,7 @@ def test_a_run_resumes_from_its_checkpoint_with_step_and_optimizer_state(dataset
 
     # another run can start from that checkpoint (weights, optimizer, step)
     other = LocalSession(tmp_path / "other", resume=fetch_checkpoint(str(tmp_path / "run" / "checkpoint_00000002"), tmp_path / "x"))
-    cfg.steps = 3
+    cfg = replace(cfg, steps=3)
     fit(cfg, other)
     assert [r["step"] for r in other.reports] == [3] and other.reports[0]["optimizer_step"] == 3
 

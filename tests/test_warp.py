@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from facepose.config import Config, FaceConfig, RenderConfig, WarpConfig
 from facepose.errors import InputError, NoFaceError
 from facepose.face.crop import face_mask
 from facepose.face.detect import FaceDetector
@@ -20,7 +21,7 @@ from facepose.face_layout import BROWS, INNER_LIP, LEFT_EYE, LOWER_INNER, OUTER_
 from facepose.media.video import probe_video, read_frames, write_video
 from facepose.pose.sequence import PoseSequence
 from facepose.render import get_renderer
-from facepose.render.warp import WarpConfig, WarpRenderer
+from facepose.render.warp import WarpRenderer
 
 T = 48
 MOUTH_PEAK = 12  # frame where the jaw is dropped furthest
@@ -296,14 +297,20 @@ def test_lost_frames_hold_the_last_seen_pose_and_progress_counts_every_frame(ren
 
 
 def test_output_size_follows_the_config(astronaut, targets):
-    from types import SimpleNamespace
-
-    from facepose.config import FaceConfig
-
     pose = PoseSequence(targets[:3], width=SIZE, height=SIZE)
-    cfg = SimpleNamespace(face=FaceConfig(), render=SimpleNamespace(warp=WarpConfig(size=256)))
-    for r in (WarpRenderer(None, warp=WarpConfig(size=256)), get_renderer("warp", cfg)):
+    cfg = Config(render=RenderConfig(warp=WarpConfig(size=256)))
+    for r in (WarpRenderer(WarpConfig(size=256)), get_renderer("warp", cfg)):
         frames = list(r.render(astronaut, pose))
         assert len(frames) == 3 and frames[0].shape == (256, 256, 3)
     with pytest.raises(InputError, match="even"):
-        WarpRenderer(None, warp=WarpConfig(size=255))
+        WarpRenderer(WarpConfig(size=255))
+
+
+def test_renderer_factory_reads_its_sections_and_refuses_the_wrong_object():
+    cfg = Config(face=FaceConfig(mask_expand=1.5), render=RenderConfig(warp=WarpConfig(size=256)))
+    r = get_renderer("warp", cfg)
+    assert r.cfg.size == 256 and r.face_cfg.mask_expand == 1.5  # render.warp and face both reach the renderer
+    with pytest.raises(TypeError, match="whole Config"):
+        get_renderer("warp", cfg.render)  # a section instead of the config: no silent defaults
+    with pytest.raises(TypeError, match="WarpConfig, FaceConfig"):
+        WarpRenderer(cfg.render, cfg.face)

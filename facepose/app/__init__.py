@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
-from facepose.app.config import AppConfig, app_config
+from facepose.config import Config, load_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AppConfig", "app_config", "build_app", "launch"]
+__all__ = ["build_app", "launch"]
 
 
-def build_app(cfg: Any = None, **kwargs: Any):
+def build_app(cfg: Optional[Config] = None, **kwargs: Any):
     """The app as a ``gr.Blocks`` (not launched); see :func:`facepose.app.ui.build_app`."""
     from facepose.app.ui import build_app as _build
 
     return _build(cfg, **kwargs)
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, cfg: Any = None, *, block: bool = True, quiet: bool = False):
+def launch(host: str = "127.0.0.1", port: int = 7860, cfg: Optional[Config] = None, *, block: bool = True, quiet: bool = False):
     """Build the app for ``cfg`` (a whole Config; loaded from configs/ when None) and serve it on
     ``host:port``, with the queue (one render at a time per renderer), the upload limit and the theme.
 
@@ -40,10 +40,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, cfg: Any = None, *, block:
     from facepose.app.handlers import Workspace
 
     if cfg is None:
-        from facepose.config import load_config
-
         cfg = load_config()
-    ws = Workspace.from_config(app_config(cfg))
+    ws = Workspace.from_config(cfg.app)
     removed = ws.prune()
     if removed:
         log.info("removed %d old files from %s", removed, ws.root)

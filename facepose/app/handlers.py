@@ -23,8 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from facepose.app.config import AppConfig, app_config
-from facepose.config import PoseAdjustConfig
+from facepose.config import AppConfig, Config, PoseAdjustConfig, TTSConfig
 from facepose.errors import FaceposeError, InputError, MediaError, ModelNotFoundError
 from facepose.render.base import ProgressFn
 from facepose.timeline import SAMPLE_RATE
@@ -112,7 +111,7 @@ class ReferenceView:
     height: int
 
 
-def inspect_reference(path: str | os.PathLike, cfg: Any) -> ReferenceView:
+def inspect_reference(path: str | os.PathLike, cfg: Config) -> ReferenceView:
     """Detect the face of the photo at ``path`` and crop it as the renderers will.
 
     Raises NoFaceError (no face), MediaError (not an image)."""
@@ -120,7 +119,7 @@ def inspect_reference(path: str | os.PathLike, cfg: Any) -> ReferenceView:
     from facepose.media.image import read_image
 
     name = Path(path).name
-    check_upload(path, "photo", IMAGE_EXTS, app_config(cfg))
+    check_upload(path, "photo", IMAGE_EXTS, cfg.app)
     try:
         image = read_image(path)
     except MediaError:
@@ -258,7 +257,7 @@ def driver_for(kind: str, preset: Optional[str] = None, video: Optional[str] = N
 
 
 # -- step 2: the Text source ------------------------------------------------------------------------
-def languages(cfg: Any) -> dict[str, str]:
+def languages(cfg: Config) -> dict[str, str]:
     """The entries of :data:`LANGUAGES` the configured speech backend (``tts``) has a voice for."""
     from facepose.tts import get_backend
 
@@ -273,7 +272,7 @@ def languages(cfg: Any) -> dict[str, str]:
     return out
 
 
-def voices(cfg: Any, language: Optional[str]) -> list[tuple[str, str]]:
+def voices(cfg: Config, language: Optional[str]) -> list[tuple[str, str]]:
     """(label, voice name) of the voices speaking ``language`` (``facepose.tts.list_voices``); first
     ("Default", "") for the language's own default voice."""
     from facepose.tts import list_voices
@@ -287,10 +286,8 @@ def voices(cfg: Any, language: Optional[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _tts(cfg: Any):
-    from facepose.config import TTSConfig
-
-    return getattr(cfg, "tts", None) or TTSConfig()
+def _tts(cfg: Optional[Config]) -> TTSConfig:
+    return (cfg if cfg is not None else Config()).tts
 
 
 def check_script(text: Optional[str], app: AppConfig) -> str:
@@ -304,7 +301,7 @@ def check_script(text: Optional[str], app: AppConfig) -> str:
     return script
 
 
-def text_cfg(cfg: Any, language: Optional[str], voice: Optional[str] = None, burn: bool = False) -> Any:
+def text_cfg(cfg: Config, language: Optional[str], voice: Optional[str] = None, burn: bool = False) -> Config:
     """``cfg`` (a whole Config) speaking ``language`` (a code or a :data:`LANGUAGES` label) with ``voice``
     ("" / None: the language's default voice), captions burnt into the frames when ``burn``; InputError
     naming the choices for a language or voice the speech backend does not have."""
@@ -340,14 +337,14 @@ class SpokenScript:
     message: str
 
 
-def speak(script: Optional[str], language: Optional[str], voice: Optional[str], cfg: Any, ws: Workspace) -> SpokenScript:
+def speak(script: Optional[str], language: Optional[str], voice: Optional[str], cfg: Config, ws: Workspace) -> SpokenScript:
     """Synthesise the Text source's script as the render will (``facepose.lesson.speech_for``, the same
     cache) -> a WAV copy the browser can play, and a line for step 2."""
     import soundfile as sf
 
     from facepose.lesson import speech_for
 
-    app = app_config(cfg)
+    app = cfg.app
     driver = driver_for("text", text=check_script(script, app))
     tcfg = text_cfg(cfg, language, voice)
     speech, wav, _ = speech_for(driver, tcfg.tts, with_audio=True)
@@ -362,7 +359,7 @@ def speak(script: Optional[str], language: Optional[str], voice: Optional[str], 
     return SpokenScript(audio=out, seconds=float(speech.seconds), sentences=n, voice=speech.voice, message=message)
 
 
-def source_seconds(driver: str, kind: str, cfg: Any = None) -> float:
+def source_seconds(driver: str, kind: str, cfg: Optional[Config] = None) -> float:
     """The driver's own length in seconds (a preset's length, a video's or an audio file's duration, a
     script's speech with ``cfg.tts``'s voice: synthesised once, then cached)."""
     if kind == "preset":
@@ -386,7 +383,7 @@ def source_seconds(driver: str, kind: str, cfg: Any = None) -> float:
     raise InputError(f"unknown pose source {kind!r}; choose from {sorted(SOURCES.values())}")
 
 
-def describe_source(driver: str, kind: str, cfg: Any = None) -> str:
+def describe_source(driver: str, kind: str, cfg: Optional[Config] = None) -> str:
     """One markdown line about the chosen source: its name and own length."""
     if kind == "text":  # no synthesis here (this runs as a person types): Listen tells the length
         script = driver.removeprefix("text:")
@@ -401,7 +398,7 @@ def describe_source(driver: str, kind: str, cfg: Any = None) -> str:
     return f"{what} **{Path(driver).name}**: {own:.2f} s. The pose follows it; a duration of 0 uses all of it."
 
 
-def check_seconds(seconds: Optional[float], driver: str, kind: str, app: AppConfig, cfg: Any = None) -> Optional[float]:
+def check_seconds(seconds: Optional[float], driver: str, kind: str, app: AppConfig, cfg: Optional[Config] = None) -> Optional[float]:
     """Validate the requested duration against the app's limit -> ``seconds`` (None: the source's own).
 
     The source's own length is checked too, so a long upload fails here and not after minutes of work."""
@@ -444,11 +441,11 @@ class PosePreview:
     message: str
 
 
-def with_adjust(cfg: Any, adjust: Optional[PoseAdjustConfig]) -> Any:
-    """``cfg`` (a whole Config) with ``pose.adjust`` replaced (the config itself is not changed)."""
+def with_adjust(cfg: Config, adjust: Optional[PoseAdjustConfig]) -> Config:
+    """``cfg`` with ``pose.adjust`` replaced (a new object; the config itself is not changed)."""
     import dataclasses
 
-    if adjust is None or getattr(cfg, "pose", None) is None:
+    if adjust is None:
         return cfg
     return dataclasses.replace(cfg, pose=dataclasses.replace(cfg.pose, adjust=adjust))
 
@@ -457,7 +454,7 @@ _pose_cache: dict[tuple, Any] = {}
 _pose_cache_guard = threading.Lock()
 
 
-def base_pose(reference: str, driver: str, kind: str, seconds: Optional[float], cfg: Any,
+def base_pose(reference: str, driver: str, kind: str, seconds: Optional[float], cfg: Config,
               progress: Optional[ProgressFn] = None):
     """(crop, pose before the pose controls) for ``reference`` and ``driver``, cached by their files and
     settings, so moving a pose-control slider does not track a driving video again."""
@@ -488,7 +485,7 @@ def make_pose_preview(
     driver: str,
     kind: str,
     seconds: Optional[float],
-    cfg: Any,
+    cfg: Config,
     ws: Workspace,
     progress: Optional[ProgressFn] = None,
     adjust: Optional[PoseAdjustConfig] = None,
@@ -504,7 +501,7 @@ def make_pose_preview(
 
     if not reference:
         raise InputError("no reference photo yet; upload one in step 1 (the pose is fitted to its face)")
-    seconds = check_seconds(seconds, driver, kind, app_config(cfg), cfg)
+    seconds = check_seconds(seconds, driver, kind, cfg.app, cfg)
     crop, pose = base_pose(reference, driver, kind, seconds, cfg)
     pose = adjust_pose(pose, adjust if adjust is not None else cfg.pose.adjust, rest=crop.landmarks)
     if len(pose) == 0:
@@ -513,7 +510,7 @@ def make_pose_preview(
     audio = fit_audio(load_audio(audio_uri, sr=SAMPLE_RATE), pose) if audio_uri else None
     stem = driver_stem(driver, kind)
     video = ws.new("poses", ".mp4", stem)
-    size = getattr(getattr(cfg, "pose", None), "size", 512)
+    size = cfg.pose.size
     with VideoWriter(str(video), fps=pose.fps, audio=audio, sample_rate=SAMPLE_RATE) as writer:
         for i, image in enumerate(iter_pose_images(pose, size=size, lines=True)):
             writer.write(image)
@@ -542,7 +539,7 @@ class RendererPool:
     """Renderers built once and reused (models stay loaded), each behind its own lock so one renderer
     renders one video at a time. A backend whose weights are missing is remembered as unavailable."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self._renderers: dict[str, Any] = {}
         self._missing: dict[str, str] = {}
@@ -606,7 +603,7 @@ def generate_video(
     seconds: Optional[float],
     backend: str,
     seed: int,
-    cfg: Any,
+    cfg: Config,
     ws: Workspace,
     pool: RendererPool,
     steps: Optional[int] = None,
@@ -623,7 +620,7 @@ def generate_video(
         raise InputError("no reference photo yet; upload one in step 1")
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
-    seconds = check_seconds(seconds, driver, kind, app_config(cfg), cfg)
+    seconds = check_seconds(seconds, driver, kind, cfg.app, cfg)
     cfg = with_adjust(cfg, adjust)
     renderer = pool.get(backend)
     if steps is not None:
@@ -878,14 +875,14 @@ class BatchRun:
     PROGRAM: tuple[str, ...] = (sys.executable, "-m", "facepose.cli")
 
     def __init__(self, manifest: str, out: str, folder: Path, config_file: Optional[Path] = None,
-                 cfg: Any = None, planned: Optional[list[dict[str, Any]]] = None):
+                 cfg: Optional[Config] = None, planned: Optional[list[dict[str, Any]]] = None):
         from facepose.batch import get_kind
         from facepose.batch.results import results_uri
         from facepose.config import Config
 
         self.manifest, self.out, self.folder = str(manifest), str(out).rstrip("/"), Path(folder)
         self.config_file = config_file
-        self.kind = get_kind("render", cfg if getattr(cfg, "render", None) is not None else Config())
+        self.kind = get_kind("render", cfg if cfg is not None else Config())
         self.results_uri = results_uri(self.kind, self.out)
         self.planned = planned or []  # rows of the table before anything ran
         self.log_path = self.folder / "render-batch.log"
@@ -1114,7 +1111,7 @@ def start_batch(
     input_files: list[str],
     manifest_uri: Optional[str],
     out_prefix: Optional[str],
-    cfg: Any,
+    cfg: Config,
     ws: Workspace,
 ) -> BatchRun:
     """Stage an uploaded manifest (or take ``manifest_uri``), check its rows, and start ``render-batch``
@@ -1135,12 +1132,11 @@ def start_batch(
         manifest = uri
     else:
         raise InputError("no manifest; upload one (CSV, JSONL or Parquet) or give its URI")
-    app = app_config(cfg)
+    app = cfg.app
     out = (out_prefix or "").strip() or (f"{app.batch_output_prefix.rstrip('/')}/{run_id}" if app.batch_output_prefix
                                          else str(folder / "out"))
-    render = getattr(cfg, "render", None)
     jobs, invalid = parse_render_rows(read_rows(manifest), out, base=manifest_dir(manifest),
-                                      backend=getattr(render, "backend", "warp"), seed=getattr(render, "seed", 0))
+                                      backend=cfg.render.backend, seed=cfg.render.seed)
     planned = [{"job_id": j.job_id, "status": "waiting", "output": j.output} for j in jobs]
     planned += [{"job_id": r["job_id"], "status": "error", "error": r["error"]} for r in invalid]
     folder.mkdir(parents=True, exist_ok=True)

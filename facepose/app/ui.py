@@ -23,8 +23,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from facepose.app import handlers as h
-from facepose.app.config import AppConfig, app_config
-from facepose.config import PoseAdjustConfig
+from facepose.config import AppConfig, Config, PoseAdjustConfig, load_config
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +118,9 @@ def adjust_of(values: tuple) -> PoseAdjustConfig:
 class AppUI:
     """Holds what the callbacks share: config, workspace, the renderer pool, sessions, running batches."""
 
-    def __init__(self, cfg: Any, ws: Optional[h.Workspace] = None, pool: Optional[h.RendererPool] = None):
+    def __init__(self, cfg: Config, ws: Optional[h.Workspace] = None, pool: Optional[h.RendererPool] = None):
         self.cfg = cfg
-        self.app: AppConfig = app_config(cfg)
+        self.app: AppConfig = cfg.app
         self.ws = ws or h.Workspace.from_config(self.app)
         self.pool = pool or h.RendererPool(cfg)
         self.sessions = h.Sessions()
@@ -617,12 +616,10 @@ class AppUI:
         stop.click(self.on_batch_stop, None, [status], queue=False)
 
 
-def build_app(cfg: Any = None, ws: Optional[h.Workspace] = None, pool: Optional[h.RendererPool] = None) -> gr.Blocks:
+def build_app(cfg: Optional[Config] = None, ws: Optional[h.Workspace] = None, pool: Optional[h.RendererPool] = None) -> gr.Blocks:
     """The Gradio app for ``cfg`` (a whole :class:`~facepose.config.Config`; loaded from configs/ when None).
     Launch it with :func:`facepose.app.launch`, which adds the theme, limits and queue."""
     if cfg is None:
-        from facepose.config import load_config
-
         cfg = load_config()
     ui = AppUI(cfg, ws=ws, pool=pool)
     demo = ui.build()

@@ -30,9 +30,9 @@ Adding a kind (e.g. ``lesson``: text -> video):
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from facepose.batch.kind import JobKind
+from facepose.config import Config
 from facepose.errors import InputError
 
 #: kind name -> "module:class" (imported on first use, so a kind's heavy imports stay out of the others)
@@ -43,7 +43,7 @@ KINDS = {
 }
 
 
-def get_kind(name: str, cfg: Any) -> JobKind:
+def get_kind(name: str, cfg: Config) -> JobKind:
     """The kind called ``name``, bound to the config ``cfg``."""
     if name not in KINDS:
         raise InputError(f"unknown job kind {name!r}; choose from {sorted(KINDS)}")

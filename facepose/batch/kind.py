@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Iterable, Optional
 import pyarrow as pa
 
 from facepose import storage
+from facepose.config import Config
 from facepose.errors import FaceposeError
 from facepose.manifest import DONE_DIR, utc_now
 
@@ -27,7 +28,7 @@ class JobKind:
     section: ClassVar[str]  # config section with shard_size, workers, num_cpus, num_gpus
     results_name: ClassVar[str] = "results.parquet"  # under the output prefix
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
 
     # -- planning (in the driver) --------------------------------------------------------------------

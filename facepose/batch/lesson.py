@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from facepose import manifest as mf
 from facepose.batch.render import RenderKind
+from facepose.config import TTSConfig
 from facepose.errors import FaceposeError, InputError
 
 LESSON_RESULT_SCHEMA = pa.schema(list(mf.RESULT_SCHEMA) + [
@@ -104,7 +105,7 @@ class LessonKind(RenderKind):
         return f"lesson {row['job_id']}: {row['error']}"
 
 
-def _speech(driver: str, tts_cfg):
+def _speech(driver: str, tts_cfg: TTSConfig):
     """The job's speech, from the cache the render just filled (no second synthesis)."""
     from facepose.lesson import speech_for
 

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Optional
 
 from facepose import manifest as mf
 from facepose.batch.kind import JobKind
+from facepose.config import Config
 
 
 class RenderKind(JobKind):
@@ -23,7 +24,7 @@ class RenderKind(JobKind):
     def results_name(self) -> str:  # type: ignore[override]
         return self.cfg.render.results
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Config):
         super().__init__(cfg)
         self._fingerprints: dict[str, Optional[str]] = {}  # one planning pass: many jobs share a reference
 

@@ -19,7 +19,7 @@ Numpy only.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Optional
 
 import numpy as np
@@ -44,8 +44,9 @@ def is_identity(cfg: Optional[PoseAdjustConfig]) -> bool:
 
 def check(cfg: PoseAdjustConfig) -> None:
     """InputError naming the setting when a value is outside :data:`LIMITS` (or not finite)."""
+    values = asdict(cfg)
     for name, (lo, hi) in LIMITS.items():
-        v = getattr(cfg, name)
+        v = values[name]
         if v is None and name == "blink_rate":
             continue
         if v is None or not np.isfinite(float(v)) or not lo <= float(v) <= hi:
@@ -151,5 +152,6 @@ def adjust_pose(pose: PoseSequence, cfg: Optional[PoseAdjustConfig], rest: Optio
         head = head.copy()
         head[seen] = head[seen] + (hp2 - hp).astype(np.float32)
     meta = dict(pose.meta)
-    meta["adjust"] = ", ".join(f"{n}={getattr(cfg, n)}" for n in LIMITS if getattr(cfg, n) != getattr(PoseAdjustConfig(), n))
+    values, defaults = asdict(cfg), asdict(PoseAdjustConfig())
+    meta["adjust"] = ", ".join(f"{n}={values[n]}" for n in LIMITS if values[n] != defaults[n])
     return replace(pose, landmarks=out, head_pose=head, meta=meta)

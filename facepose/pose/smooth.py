@@ -91,7 +91,7 @@ def smooth_landmarks(
     visible: (T,) bool, frames where the face was seen (default: frames that are finite and not all
     zero); the filter skips the others (returned unchanged) and starts afresh after each gap.
     times: (T,) seconds (default ``arange(T) / fps``). zero_phase: forwards-backwards (default
-    ``cfg.zero_phase`` if the config has it, else True); False gives the causal, streaming filter.
+    ``cfg.zero_phase``); False gives the causal, streaming filter.
     """
     cfg = cfg or SmoothingConfig()
     lm = np.asarray(landmarks, dtype=np.float32)
@@ -99,7 +99,7 @@ def smooth_landmarks(
     if not cfg.enabled or len(lm) == 0:
         return out
     if zero_phase is None:
-        zero_phase = bool(getattr(cfg, "zero_phase", True))
+        zero_phase = cfg.zero_phase
     if visible is None:
         visible = is_seen(lm)
     visible = np.asarray(visible, dtype=bool)

@@ -33,14 +33,14 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from facepose.config import Config, FaceConfig
+from facepose.config import Config, FaceConfig, RetargetConfig
 from facepose.errors import InputError, NoFaceError
 from facepose.face_layout import fill_gaps
 from facepose.pose import face_model as fm
 from facepose.pose.adjust import adjust_pose
-from facepose.pose.audio2pose import Audio2PoseConfig, audio_to_pose
+from facepose.pose.audio2pose import audio_to_pose
 from facepose.pose.presets import load_preset
-from facepose.pose.retarget import RetargetConfig, retarget
+from facepose.pose.retarget import retarget
 from facepose.pose.sequence import PoseSequence
 from facepose.timeline import FPS, frames_for_seconds
 
@@ -128,14 +128,6 @@ def _loop_to(pose: PoseSequence, frames: Optional[int]) -> PoseSequence:
     return pose if frames is None or frames == len(pose) else pose.with_length(frames)
 
 
-def _sections(cfg: Optional[Config]) -> tuple[FaceConfig, RetargetConfig, Audio2PoseConfig]:
-    """The config sections this module reads (``retarget`` and ``audio2pose`` default when absent)."""
-    face = getattr(cfg, "face", None) or FaceConfig()
-    ret = getattr(cfg, "retarget", None) or RetargetConfig()
-    a2p = getattr(cfg, "audio2pose", None) or Audio2PoseConfig()
-    return face, ret, a2p
-
-
 def _neutral(ret: RetargetConfig) -> Union[int, str]:
     return "auto" if ret.neutral is None else int(ret.neutral)
 
@@ -150,7 +142,8 @@ def from_source(
 ) -> PoseSequence:
     """Pose sequence for ``reference`` driven by ``source`` (see the module docstring).
 
-    cfg: the facepose Config (``face``, and ``retarget`` / ``audio2pose`` sections when present);
+    cfg: the whole Config (None: the defaults); its ``face``, ``retarget``, ``audio2pose``, ``tts`` and
+    ``pose.adjust`` sections are read;
     kind: driver type override (``preset``, ``video``, ``audio``, ``pose``); progress: (done, total)
     callback while tracking a video. -> PoseSequence at 24 fps on the crop canvas, ``meta["driver_type"]``
     set, ``meta["audio"]`` when sound drove it.
@@ -158,17 +151,17 @@ def from_source(
     source = os.fspath(source)
     k = source_kind(source, kind)
     frames = None if seconds is None else n_frames(float(seconds))
-    face_cfg, ret_cfg, a2p_cfg = _sections(cfg)
+    cfg = Config() if cfg is None else cfg
+    face_cfg, ret_cfg, a2p_cfg = cfg.face, cfg.retarget, cfg.audio2pose
     crop = reference_face(reference, face_cfg)
     ref = np.asarray(crop.landmarks, np.float64)
     size = int(crop.image.shape[0])
     canvas = (int(crop.image.shape[1]), size)
 
     if k == "text":  # a lesson script: speech first, then the audio path below (facepose.lesson)
-        from facepose.config import TTSConfig
         from facepose.lesson import text_pose
 
-        pose = text_pose(source, ref, canvas, getattr(cfg, "tts", None) or TTSConfig(), a2p_cfg, seconds=seconds)
+        pose = text_pose(source, ref, canvas, cfg.tts, a2p_cfg, seconds=seconds)
     elif k == "audio":
         pose = audio_to_pose(source, ref, canvas, a2p_cfg, seconds=seconds, extend="loop")
     elif k == "preset":
@@ -187,8 +180,7 @@ def from_source(
     pose.meta["driver_type"] = k
     if frames is not None and len(pose) != frames:  # guard the exact-length contract
         pose = pose.with_length(frames)
-    if cfg is not None:  # pose controls (pose.adjust; the defaults change nothing)
-        pose = adjust_pose(pose, cfg.pose.adjust, rest=ref)
+    pose = adjust_pose(pose, cfg.pose.adjust, rest=ref)  # pose controls (the defaults change nothing)
     return pose
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, runtime_checkabl
 
 import numpy as np
 
+from facepose.config import Config
 from facepose.errors import InputError
 from facepose.pose.sequence import PoseSequence
 
@@ -48,8 +49,12 @@ def register_renderer(name: str) -> Callable[[Callable[..., Renderer]], Callable
     return deco
 
 
-def get_renderer(name: str, cfg: Any = None, **kwargs: Any) -> Renderer:
-    """Build the renderer called ``name`` from config (``cfg`` is the whole :class:`Config`)."""
+def get_renderer(name: str, cfg: Optional[Config] = None, **kwargs: Any) -> Renderer:
+    """Build the renderer called ``name`` from the whole :class:`~facepose.config.Config` (None: the
+    defaults); each factory passes on the sections it reads (warp: ``render.warp`` and ``face``)."""
+    cfg = Config() if cfg is None else cfg
+    if not isinstance(cfg, Config):
+        raise TypeError(f"get_renderer takes the whole Config (its factories read several sections), got {type(cfg).__name__}")
     _load_builtin()
     if name not in RENDERERS:
         raise InputError(f"unknown renderer {name!r}; choose from {sorted(RENDERERS)}")

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from facepose.config import Config
 from facepose.errors import InputError
 from facepose.render.base import ProgressFn, Renderer, get_renderer
 from facepose.timeline import SAMPLE_RATE
@@ -35,7 +36,7 @@ def render_video(
     seconds: Optional[float] = None,
     backend: str = "warp",
     seed: int = 0,
-    cfg=None,
+    cfg: Optional[Config] = None,
     renderer: Optional[Renderer] = None,
     driver_type: Optional[str] = None,
     progress: Optional[ProgressFn] = None,
@@ -50,14 +51,15 @@ def render_video(
     own timeline (the sound at its first frame's time plays with frame 0), padded with silence where
     its audio track is shorter than the video, and loops with the video's frames. A script's speech is
     padded with silence, never looped, and its subtitles are written beside ``output`` (``tts.captions``).
-    ``renderer`` reuses a loaded backend."""
-    from facepose.config import FaceConfig
+    ``renderer`` reuses a loaded backend. ``cfg``: the whole config (None: the defaults); its ``face``,
+    ``pose``, ``retarget``, ``audio2pose`` and ``tts`` sections shape the job, the renderer reads its own."""
     from facepose.face.crop import crop_face
     from facepose.media.audio import fit_track, load_audio
     from facepose.media.image import read_image
     from facepose.media.video import VideoWriter
     from facepose.pose.source import from_source
 
+    cfg = Config() if cfg is None else cfg
     t0 = time.perf_counter()
     stage = on_stage or (lambda s: None)
     if seconds is not None and not seconds > 0:
@@ -67,7 +69,7 @@ def render_video(
     ref_name = reference if isinstance(reference, str) else "reference image"
     stage("finding the face")
     # One detection per job: the crop serves both retargeting and the renderer.
-    crop = crop_face(image, getattr(cfg, "face", None) or FaceConfig(), name=ref_name)
+    crop = crop_face(image, cfg.face, name=ref_name)
     stage("making the pose sequence")
     pose = from_source(driver, crop, seconds=seconds, cfg=cfg, kind=driver_type)
     if len(pose) == 0:
@@ -86,10 +88,9 @@ def render_video(
         renderer = get_renderer(backend, cfg)
     stage("rendering")
     frames = 0
-    from facepose.config import TTSConfig
     from facepose.lesson import caption_frames, write_captions
 
-    tts = getattr(cfg, "tts", None) or TTSConfig()
+    tts = cfg.tts
     stream = caption_frames(renderer.render(crop, pose, seed=seed, progress=progress, name=ref_name), pose, tts)
     with VideoWriter(output, fps=pose.fps, audio=audio, sample_rate=SAMPLE_RATE) as writer:
         for frame in stream:

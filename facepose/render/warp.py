@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional
 import cv2
 import numpy as np
 
-from facepose.config import WarpConfig
+from facepose.config import Config, FaceConfig, WarpConfig
 from facepose.errors import InputError
 from facepose.face_layout import is_seen, locator_box
 from facepose.pose.sequence import PoseSequence
@@ -60,20 +60,19 @@ class WarpPlan:
 class WarpRenderer:
     """Dense landmark-driven warp of the reference face (see the module docstring).
 
-    cfg: the whole :class:`facepose.config.Config` or None (its ``face`` section drives detection,
-    cropping and the mask; a ``render.warp`` :class:`WarpConfig` section is used when present);
-    warp: overrides that section; detector/predictor: optional loaded face models.
+    warp: the ``render.warp`` section (output size, mesh, painters); face: the ``face`` section
+    (detection, cropping and the mask); None takes the defaults. detector/predictor: optional loaded
+    face models. ``get_renderer("warp", cfg)`` passes ``cfg.render.warp`` and ``cfg.face``.
     """
 
     name = "warp"
 
-    def __init__(self, cfg: Any = None, warp: Optional[WarpConfig] = None, detector: Any = None, predictor: Any = None):
-        from facepose.config import FaceConfig
-
-        self.face_cfg = getattr(cfg, "face", None) or FaceConfig()
-        if warp is None:
-            section = getattr(getattr(cfg, "render", None), "warp", None)
-            warp = section if section is not None else WarpConfig()  # any object with WarpConfig's fields
+    def __init__(self, warp: Optional[WarpConfig] = None, face: Optional[FaceConfig] = None, detector: Any = None, predictor: Any = None):
+        warp = WarpConfig() if warp is None else warp
+        face = FaceConfig() if face is None else face
+        if not isinstance(warp, WarpConfig) or not isinstance(face, FaceConfig):
+            raise TypeError(f"WarpRenderer takes (WarpConfig, FaceConfig) sections, got ({type(warp).__name__}, {type(face).__name__})")
+        self.face_cfg = face
         self.cfg = warp
         if self.cfg.size <= 0 or self.cfg.size % 2:
             raise InputError(f"warp renderer size must be a positive even number (H.264), got {self.cfg.size}")
@@ -232,9 +231,10 @@ def _ramp(x: np.ndarray, lo: float, hi: float, width: float) -> np.ndarray:
 
 
 @register_renderer("warp")
-def build_warp_renderer(cfg: Any = None, **kwargs: Any) -> WarpRenderer:
-    """Registry factory: ``get_renderer("warp", cfg)``; ``kwargs`` go to :class:`WarpRenderer`."""
-    return WarpRenderer(cfg, **kwargs)
+def build_warp_renderer(cfg: Config, **kwargs: Any) -> WarpRenderer:
+    """Registry factory: ``get_renderer("warp", cfg)`` -> a renderer of ``cfg.render.warp`` and ``cfg.face``;
+    ``kwargs`` (detector, predictor) go to :class:`WarpRenderer`."""
+    return WarpRenderer(cfg.render.warp, cfg.face, **kwargs)
 
 
-__all__ = ["WarpConfig", "WarpPlan", "WarpRenderer", "build_warp_renderer"]
+__all__ = ["WarpPlan", "WarpRenderer", "build_warp_renderer"]

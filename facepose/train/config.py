@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from facepose.config import Config, config_dir, structured
 from facepose.errors import ConfigError
 
 KINDS = ("diffusion", "audio2pose")
@@ -26,7 +27,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 MIXED_PRECISION = ("fp32", "fp16", "bf16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """The curated dataset and what one sample holds (facepose.train.dataset)."""
 
@@ -42,7 +43,7 @@ class DataConfig:
     max_bad_clips: float = 0.5  # more than this share of clips unreadable: stop with an error
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warm-up, then a constant rate."""
 
@@ -55,7 +56,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # 0 turns clipping off
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiffusionConfig:
     """The diffusion objective (Moore-AnimateAnyone's training recipe)."""
 
@@ -72,7 +73,7 @@ class DiffusionConfig:
     validation_guidance: float = 3.5
 
 
-@dataclass
+@dataclass(frozen=True)
 class Audio2PoseSection:
     """The learned Audio2Pose network (facepose.pose.audio2pose_train.Audio2PoseNet)."""
 
@@ -80,7 +81,7 @@ class Audio2PoseSection:
     window: int = 96  # frames per training crop (4 s at 24 fps)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScalingSection:
     """Ray Train workers (data parallel)."""
 
@@ -90,7 +91,7 @@ class ScalingSection:
     threads_per_worker: int = 0  # torch threads per worker; 0: cpus_per_worker
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run (``train:`` section)."""
 
@@ -119,9 +120,23 @@ class TrainConfig:
 
 
 def train_config_dir() -> Path:
-    from facepose.config import config_dir
-
     return config_dir() / "train"
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Route the ``key=value`` overrides of a training run by their first key, read off the two config
+    trees: ``train.<key>`` and the keys of :class:`TrainConfig` (``steps=100``, ``data.dataset=s3://ds``)
+    go to the training config; the other sections of the main :class:`~facepose.config.Config`
+    (``storage.endpoint=...``, ``batch.num_cpus=2``) to the run config. ``audio2pose.*`` is the training
+    section (the main tree's ``audio2pose`` is inference only). -> (training overrides, run overrides)."""
+    train, run = [], []
+    for o in overrides:
+        head = o.split("=", 1)[0].split(".", 1)[0]
+        if head == "train" or head in TrainConfig.__dataclass_fields__ or head not in Config.__dataclass_fields__:
+            train.append(o)  # unknown keys fail in the training config's structured merge, naming the key
+        else:
+            run.append(o)
+    return train, run
 
 
 def config_path(name: str | Path) -> Path:
@@ -147,7 +162,7 @@ def load_train_config(files: Sequence[str | Path] = ("stage1",), overrides: Sequ
         if bad:
             raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. steps=100)")
         layers.append(OmegaConf.from_dotlist([o[len("train."):] if o.startswith("train.") else o for o in overrides]))
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), *layers))
+        cfg = OmegaConf.to_object(OmegaConf.merge(structured(TrainConfig), *layers))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"bad training configuration{f' at {key}' if key else ''}: {str(e).splitlines()[0]}") from None
@@ -169,9 +184,11 @@ def check_train_config(cfg: TrainConfig) -> None:
         bad(f"diffusion.prediction_type {cfg.diffusion.prediction_type!r} is not one of {PREDICTION_TYPES}")
     if cfg.mixed_precision not in MIXED_PRECISION:
         bad(f"mixed_precision {cfg.mixed_precision!r} is not one of {MIXED_PRECISION}")
-    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-        if getattr(cfg, key) < 1:
-            bad(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    counts = {"steps": cfg.steps, "batch_size": cfg.batch_size, "log_every": cfg.log_every,
+              "checkpoint_every": cfg.checkpoint_every, "keep_checkpoints": cfg.keep_checkpoints}
+    for key, value in counts.items():
+        if value < 1:
+            bad(f"{key} must be at least 1, got {value}")
     if cfg.scaling.num_workers < 1:
         bad(f"scaling.num_workers must be at least 1, got {cfg.scaling.num_workers}")
     d = cfg.data
@@ -190,7 +207,7 @@ def check_train_config(cfg: TrainConfig) -> None:
 def train_config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """The inverse of ``dataclasses.asdict`` (configs travel to Ray workers as plain dicts)."""
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(values)))
+        cfg = OmegaConf.to_object(OmegaConf.merge(structured(TrainConfig), OmegaConf.create(values)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"bad training configuration: {str(e).splitlines()[0]}") from None
     assert isinstance(cfg, TrainConfig)

@@ -345,9 +345,10 @@ class DiffusionTask:
         self._validation: Optional[dict] = None
 
     def _build(self, checkpoint: Optional[Path]) -> Any:
+        from facepose.config import ModelConfig
         from facepose.render.diffusion.build import build_pipeline
         from facepose.render.diffusion.checkpoint import load_pipeline
-        from facepose.render.diffusion.config import ModelConfig, load_arch
+        from facepose.render.diffusion.config import load_arch
 
         d = self.cfg.diffusion
         if checkpoint is not None:

@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from facepose.config import TTSConfig
 from facepose.errors import InputError, ModelNotFoundError
 from facepose.tts.base import Voice
 
@@ -85,7 +86,7 @@ class EspeakBackend:
 
     name = "espeak"
 
-    def __init__(self, cfg=None):
+    def __init__(self, cfg: Optional[TTSConfig] = None):
         self.cfg = cfg
 
     def voices(self) -> list[Voice]:

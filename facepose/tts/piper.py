@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from facepose.config import TTSConfig
 from facepose.errors import InputError, ModelNotFoundError
 from facepose.tts.base import Voice
 
@@ -27,7 +28,7 @@ class PiperBackend:
 
     name = "piper"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: TTSConfig):
         self.cfg = cfg
         self._loaded: dict[str, object] = {}
         self._lock = threading.Lock()

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 from facepose.render.diffusion import renderer as _renderer  # noqa: F401  (registers "diffusion")
-from facepose.render.diffusion.config import ArchConfig, ModelConfig, load_arch
+from facepose.render.diffusion.config import ArchConfig, load_arch
 
 _LAZY = {
     "FaceAnimationPipeline": "pipeline",
@@ -34,7 +34,7 @@ _LAZY = {
     "DiffusionRenderer": "renderer",
 }
 
-__all__ = ["ArchConfig", "ModelConfig", "load_arch", *_LAZY]
+__all__ = ["ArchConfig", "load_arch", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -45,8 +45,9 @@ from typing import Any, Optional, Union
 import torch
 
 from facepose import storage
+from facepose.config import ModelConfig
 from facepose.errors import ModelNotFoundError
-from facepose.render.diffusion.config import ArchConfig, ModelConfig, load_arch
+from facepose.render.diffusion.config import ArchConfig, load_arch
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
 
+from facepose.config import Config, FaceConfig, ModelConfig
 from facepose.errors import InputError, ModelNotFoundError
 from facepose.pose.sequence import PoseSequence
 from facepose.render.base import ProgressFn, register_renderer
-from facepose.render.diffusion.config import ModelConfig, check_model_config
+from facepose.render.diffusion.config import check_model_config
 
 if TYPE_CHECKING:
     from facepose.render.diffusion.pipeline import FaceAnimationPipeline
@@ -36,10 +37,8 @@ class DiffusionRenderer:
 
     name = "diffusion"
 
-    def __init__(self, pipeline: "FaceAnimationPipeline", model: Optional[ModelConfig] = None, face: Any = None,
+    def __init__(self, pipeline: "FaceAnimationPipeline", model: Optional[ModelConfig] = None, face: Optional[FaceConfig] = None,
                  point_radius: float = 3.0):
-        from facepose.config import FaceConfig
-
         self.pipeline = pipeline
         self.model = model or ModelConfig()
         self.face_cfg = face or FaceConfig()
@@ -171,14 +170,14 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 @register_renderer("diffusion")
-def build_diffusion_renderer(cfg: Any = None, *, model: Optional[ModelConfig] = None,
+def build_diffusion_renderer(cfg: Optional[Config] = None, *, model: Optional[ModelConfig] = None,
                              pipeline: Optional["FaceAnimationPipeline"] = None, **_: Any) -> DiffusionRenderer:
     """Load the checkpoint named by ``cfg.model`` (or ``model``) once; ``pipeline`` uses a built one as is.
+    Reads ``cfg.model``, ``cfg.face`` and ``cfg.pose.point_radius`` (None: the defaults).
     No checkpoint configured -> :class:`ModelNotFoundError` saying what to download and where."""
-    model = model or getattr(cfg, "model", None) or ModelConfig()
+    cfg = Config() if cfg is None else cfg
+    model = model or cfg.model
     check_model_config(model)
-    face = getattr(cfg, "face", None)
-    pose_cfg = getattr(cfg, "pose", None)
     if pipeline is None:
         if not model.checkpoint:
             raise ModelNotFoundError(f"no diffusion checkpoint configured (model.checkpoint is empty); {DOWNLOAD_HINT}")
@@ -188,4 +187,4 @@ def build_diffusion_renderer(cfg: Any = None, *, model: Optional[ModelConfig] = 
         pipeline = load_pipeline(model.checkpoint, model=model)
         pipeline.configure_runtime(device=device, dtype=resolve_dtype(model.dtype, device),
                                    attention=model.attention, compile=model.compile)
-    return DiffusionRenderer(pipeline, model, face, point_radius=float(getattr(pose_cfg, "point_radius", 3)))
+    return DiffusionRenderer(pipeline, model, cfg.face, point_radius=float(cfg.pose.point_radius))
