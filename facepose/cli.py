@@ -35,7 +35,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from facepose.errors import FaceposeError
+from facepose.errors import FaceposeError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="facepose: one-shot, pose-driven talking-head videos and the batch pipelines around them.")
 pose_app = typer.Typer(no_args_is_help=True, help="Pose sequences: extract, make, draw, show, plot, presets.")
@@ -298,6 +298,9 @@ def render(
         state._cfg = None
     cfg = state.cfg
     backend = backend or cfg.render.backend
+    if seconds is not None and seconds > cfg.batch.max_seconds:  # the same guard as a batch row's
+        raise InputError(f"--seconds {seconds:g} is more than batch.max_seconds={cfg.batch.max_seconds:g}; "
+                         "render it in parts or raise the limit (-s batch.max_seconds=...)")
     with progress_bar(f"rendering ({backend})") as update:
         result = render_video(reference, pose, output, seconds=seconds, backend=backend, seed=seed, cfg=cfg,
                               driver_type=kind, progress=update)
@@ -448,18 +451,36 @@ def main(argv: Optional[list[str]] = None) -> int:
     except FaceposeError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 1
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Exit, typer.Exit) as e:
         return e.exit_code
-    except click.ClickException as e:
+    except _USAGE_ERRORS as e:  # a mistyped command or option: click's usage message, exit 2
         e.show()
         return e.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         console.print("aborted")
         return 130
     return 0
 
 
+# typer >= 0.29 raises the exceptions of its own vendored click (typer._click), older ones click's.
+_USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,)
+try:
+    from typer._click.exceptions import ClickException as _TyperClickException
+
+    _USAGE_ERRORS += (_TyperClickException,)
+except ImportError:  # an older typer on plain click
+    pass
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's stop, `kill`): unwind like Ctrl+C, so open writers drop their temporary files."""
+    raise KeyboardInterrupt
+
+
 def _entry() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
 
 

@@ -189,3 +189,35 @@ def test_face_crop_finds_the_small_face_of_a_12mp_phone_photo(astronaut, tmp_pat
     r = facepose("face", "crop", str(path), "-o", str(tmp_path / "crop.png"))
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "crop.png").size == (512, 512)
+
+
+def test_usage_mistakes_print_clicks_usage_message_and_exit_2_without_a_traceback():
+    for args in (["render", "--bogus"], ["nosuchcmd"], ["render"]):
+        result = facepose(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout and "Usage:" in result.stderr, (args, result.stderr)
+
+
+def test_render_refuses_more_than_max_seconds_in_one_line(astronaut_png, tmp_path):
+    out = tmp_path / "huge.mp4"
+    result = facepose("render", "-r", str(astronaut_png), "-p", "preset:nod", "--seconds", "100000", "-o", str(out))
+    assert_one_line_error(result, "100000", "batch.max_seconds=600")
+    assert not out.exists()
+
+
+def test_a_terminated_render_leaves_no_temporary_file(astronaut_png, tmp_path):
+    """SIGTERM (a scheduler's stop) unwinds like Ctrl+C: the writer removes its hidden .part file."""
+    import signal
+    import time
+
+    out = tmp_path / "int.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "facepose.cli", "render", "-r", str(astronaut_png), "-p", "preset:nod",
+                             "--seconds", "300", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.endswith(".part.mp4") for p in tmp_path.iterdir()):
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    assert any(p.name.endswith(".part.mp4") for p in tmp_path.iterdir()), "the render never started writing"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
