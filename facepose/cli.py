@@ -319,8 +319,9 @@ def _batch_summary(summary: dict, noun: str) -> None:
             continue
         table.add_row(str(key), f"{value:.2f}" if isinstance(value, float) else str(value))
     Console().print(table)
-    for err in summary.get("errors", [])[:20]:
-        console.print(f"[red]failed[/red] {err}", highlight=False, soft_wrap=True)
+    for err in summary.get("errors", [])[:20]:  # {<id column>: ..., "error": ..., "error_kind": ...}
+        job = next((str(v) for k, v in err.items() if k not in ("error", "error_kind", "transient")), "?")
+        console.print(f"[red]failed[/red] {job}: {err.get('error')}", highlight=False, soft_wrap=True)
 
 
 #: Exit codes of the batch commands (render-batch, curate).
@@ -349,7 +350,11 @@ def _run_batch(kind: str, manifest: str, out: str, retry_failed: bool, dry_run: 
     else:
         _batch_summary(summary, "plan" if dry_run else kind)
     if not dry_run and not as_json:
-        done(f"outputs under {summary.get('out', out)}; results in {summary.get('results')}")
+        where = f"outputs under {summary.get('out', out)}; results in {summary.get('results')}"
+        if summary.get("error"):
+            console.print(f"[red]✗[/red] {summary['error']} failed; {where}", highlight=False)
+        else:
+            done(where)
     raise typer.Exit(EXIT_JOBS_FAILED if summary.get("error") else EXIT_OK)
 
 
