@@ -109,8 +109,10 @@ def to_srt(cues) -> str:
 
     import srt
 
-    subs = [srt.Subtitle(index=i + 1, start=datetime.timedelta(seconds=a), end=datetime.timedelta(seconds=b), content=t)
-            for i, (a, b, t) in enumerate(_cues(cues))]
+    def ms(seconds: float) -> datetime.timedelta:  # rounded to the millisecond as the WebVTT stamps are
+        return datetime.timedelta(milliseconds=int(round(seconds * 1000)))
+
+    subs = [srt.Subtitle(index=i + 1, start=ms(a), end=ms(b), content=t) for i, (a, b, t) in enumerate(_cues(cues))]
     return srt.compose(subs)
 
 

@@ -188,8 +188,10 @@ def check_id(value: str) -> Optional[str]:
     """Why ``value`` cannot be a job id (None when it can): ids become file names (``<id>.mp4``,
     ``_done/<id>.json``), so letters of any script, digits, spaces and punctuation are fine, but not
     path separators, a leading dot, control characters or more than 128 characters (200 UTF-8 bytes)."""
-    if len(value) > MAX_ID_CHARS or len(value.encode("utf-8")) > MAX_ID_BYTES:
-        return f"is longer than {MAX_ID_CHARS} characters ({MAX_ID_BYTES} UTF-8 bytes)"
+    if len(value) > MAX_ID_CHARS:
+        return f"is {len(value)} characters long; at most {MAX_ID_CHARS}"
+    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+        return f"is {len(value.encode('utf-8'))} bytes long in UTF-8; at most {MAX_ID_BYTES} (a file name's limit)"
     if value.startswith("."):
         return "starts with '.' (a hidden file name)"
     bad = sorted({c for c in value if c in _UNSAFE or (unicodedata.category(c)[0] in "CZ" and c != " ")})

@@ -350,7 +350,7 @@ def test_ids_in_any_script_that_make_safe_file_names_are_accepted(job_id):
 
 
 @pytest.mark.parametrize("job_id,message", [("a/b", "'/'"), ("..\\x", "starts with '.'"), (".hidden", "starts with '.'"), ("tab\there", "'\\t'"),
-                                            ("x" * 129, "longer than 128"), ("字" * 70, "200 UTF-8 bytes"), ("a:b", "':'")])
+                                            ("x" * 129, "129 characters long; at most 128"), ("字" * 70, "210 bytes long in UTF-8; at most 200"), ("a:b", "':'")])
 def test_ids_that_are_not_safe_file_names_fail_alone(job_id, message):
     jobs, errors = mf.parse_render_rows([{"job_id": job_id, "reference": "r.png", "driver": "preset:nod"},
                                          {"job_id": "ok", "reference": "r.png", "driver": "preset:nod"}], "s3://out/run")
