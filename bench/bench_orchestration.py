@@ -5,6 +5,9 @@
    in a plain loop (one process, renderer loaded once), both including each process's imports and model
    load ("cold"; also shown against a warmed-up loop). Overhead at w workers = w * flow time / loop
    time - 1: the worker-seconds the flow spends beyond the loop's (0 % = perfect).
+   Also against two cold plain loops at once (the rows dealt out between them: what 2 workers give on
+   this machine with no orchestration), and per job: the 2-worker flow on 3N jobs minus N jobs (actor
+   start, model load and the flow's fixed costs cancel) against the warm loop's seconds per job.
 2. Scaling: flow time with 1 Ray worker / with 2 workers (2.0x = perfect on 2 cores).
 3. Curation: frames/s of the curation flow (2 workers) against the curation unit alone in a loop.
 4. Reruns from the command line: ``facepose render-batch`` of a 1-job manifest (fresh process: Prefect's
@@ -80,6 +83,28 @@ def cold_loop(manifest: Path, out: Path) -> float:
     code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_orchestration as b; from pathlib import Path; b.plain_loop(Path({str(manifest)!r}), Path({str(out)!r}), False)"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return time.perf_counter() - t0
+
+
+def parallel_loops(manifest: Path, out: Path, n: int) -> float:
+    """``n`` cold plain loops at once in fresh processes, the manifest's rows dealt out between them: what
+    ``n`` workers can do on this machine with no orchestration at all (each loads its own models)."""
+    import subprocess
+
+    from facepose import manifest as mf
+
+    rows = mf.read_rows(str(manifest))
+    parts = []
+    for k in range(n):
+        part = out / f"part{k}.csv"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        mf.write_rows(str(part), rows[k::n])
+        parts.append(part)
+    code = "import sys; sys.path.insert(0, {b!r}); import bench_orchestration as b; from pathlib import Path; b.plain_loop(Path(sys.argv[1]), Path(sys.argv[2]), False)".format(b=str(ROOT / "bench"))
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(part), str(out / part.stem)], env=dict(os.environ, OMP_NUM_THREADS="1")) for part in parts]
+    if any(proc.wait() for proc in procs):
+        raise RuntimeError("a plain loop failed")
     return time.perf_counter() - t0
 
 
@@ -185,8 +210,8 @@ print(json.dumps(dict(plan_s=plan_s, plan_mb=r1 - r0, compact_s=compact_s, all_m
 def actor_start(workers: int) -> float:
     """Seconds until ``workers`` render actors have loaded their models (as a flow's pool does)."""
     from facepose.config import Config
+    from tasks.actor import KindActor
     from tasks.pool import ActorPool
-    from tasks.shard import KindActor
 
     t0 = time.perf_counter()
     pool = ActorPool(KindActor, ("render", Config(), "/tmp"), workers, on_crash=lambda row, exc: row)
@@ -268,13 +293,20 @@ def main(argv: list[str]) -> int:
         write_manifest(d / "warm.csv", ref, 2)
         flow_run(d / "warm.csv", d / "warm", 2, 1)  # Prefect's temporary server, imports: untimed
 
-        cold, flow1, flow2 = [], [], []
+        big = d / "jobs-x3.csv"
+        write_manifest(big, ref, 3 * args.jobs)
+        cold, par, par_big, flow1, flow2, flow2_big = [], [], [], [], [], []
         for r in range(args.repeat):  # interleaved, so a burst of outside load hits every configuration
             cold.append(cold_loop(manifest, d / f"cold{r}"))
+            par.append(parallel_loops(manifest, d / f"par{r}", 2))
+            par_big.append(parallel_loops(big, d / f"parx3-{r}", 2))
             flow1.append(flow_run(manifest, d / f"flow1-{r}", 1, args.shard)[0])
             flow2.append(flow_run(manifest, d / f"flow2-{r}", 2, args.shard)[0])
+            flow2_big.append(flow_run(big, d / f"flow2x3-{r}", 2, args.shard)[0])
         loop_s = plain_loop(manifest, d / "loop", warm=True)
-        cold_s, flow1_s, flow2_s = min(cold), min(flow1), min(flow2)
+        cold_s, par_s, flow1_s, flow2_s, flow2_big_s = min(cold), min(par), min(flow1), min(flow2), min(flow2_big)
+        per_job = 2 * (flow2_big_s - flow2_s) / (2 * args.jobs)  # worker-seconds per extra job, fixed costs cancelled
+        par_job = 2 * (min(par_big) - par_s) / (2 * args.jobs)
         rerun_s, s3 = flow_run(manifest, d / "flow2-0", 2, args.shard)  # everything done: planning only
         _, last = flow_run(manifest, d / "where", 2, args.shard)  # where a 2-worker run's time goes
         start_s = actor_start(2)
@@ -303,9 +335,16 @@ def main(argv: list[str]) -> int:
     print(f"| plain loop, warm (renders only) | {loop_s:.1f} | {args.jobs / loop_s:.2f} | - | - |")
     print(f"| flow, 1 Ray worker | {flow1_s:.1f} | {args.jobs / flow1_s:.2f} | {flow1_s / cold_s - 1:+.1%} | {flow1_s / loop_s - 1:+.1%} |")
     print(f"| flow, 2 Ray workers (x2 worker-seconds) | {flow2_s:.1f} | {args.jobs / flow2_s:.2f} | {2 * flow2_s / cold_s - 1:+.1%} | {2 * flow2_s / loop_s - 1:+.1%} |")
+    print(f"| no orchestration: 2 plain loops at once, fresh processes (x2 worker-seconds) | {par_s:.1f} | {args.jobs / par_s:.2f} | {2 * par_s / cold_s - 1:+.1%} | {2 * par_s / loop_s - 1:+.1%} |")
     print(f"| rerun, all done (skips {s3['skipped']}) | {rerun_s:.1f} | - | - |")
     print(f"\nScaling 1 -> 2 workers: {flow1_s / flow2_s:.2f}x; 2 workers vs the cold loop: {cold_s / flow2_s:.2f}x; "
           f"video rendered: {video_s:.0f} s in {flow2_s:.1f} s wall (2 workers).\n")
+    print(f"Per job at 2 workers, fixed costs cancelled ({3 * args.jobs} jobs minus {args.jobs}): the flow {per_job:.3f} worker-s "
+          f"({flow2_big_s:.1f} s - {flow2_s:.1f} s), 2 plain loops at once {par_job:.3f} ({min(par_big):.1f} s - {par_s:.1f} s), "
+          f"one warm loop {loop_s / args.jobs:.3f} s. **Per-job overhead of the flow over plain loops on the same 2 cores: "
+          f"{per_job / par_job - 1:+.1%}**; over one loop on one core {per_job / (loop_s / args.jobs) - 1:+.1%}, of which running two "
+          f"processes at once costs {par_job / (loop_s / args.jobs) - 1:+.1%} with no orchestration. Fixed cost of a 2-worker run over "
+          f"2 plain loops: {flow2_s - par_s:+.1f} s wall.\n")
     print(f"Where a 2-worker run's {last['wall_s']:.1f} s go: planning and results before work {last['wall_s'] - last['work_s']:.1f} s "
           f"(of which the summary and compaction after it), transform stage {last['work_s']:.1f} s (2 actors starting and loading "
           f"their models: {start_s:.1f} s; renders at the warm loop's pace: {loop_s / 2:.1f} s).\n")

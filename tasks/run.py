@@ -1,12 +1,15 @@
 """Starting a batch run from this process (what ``facepose render-batch`` / ``curate`` call): plan first,
-and start Prefect and Ray only when there is work. Imports neither at module level."""
+and start Prefect and Ray only when there is work; then start the actors before the flow, so that they
+load their models while Prefect starts. Imports neither at module level."""
 
 from __future__ import annotations
 
 import contextvars
 import importlib
 import itertools
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from facepose import storage
@@ -17,9 +20,33 @@ from facepose.config import load_config
 
 ProgressCallback = Any  # (rows finished, rows in the run, the result row) -> None; see tasks.common
 
-# The plan and progress callback of an in-process caller, picked up by the flow body (flow parameters
-# must be plain data; a callback and a plan are not).
-handed: contextvars.ContextVar[Optional[tuple[Optional[Plan], Optional[ProgressCallback]]]] = contextvars.ContextVar("facepose_batch", default=None)
+
+@dataclass
+class Handover:
+    """What an in-process caller hands the flow body besides the flow's parameters (which must be plain
+    data): its plan, its progress callback, and an actor pool already loading its models (or None)."""
+
+    plan: Plan
+    progress: Optional[ProgressCallback]
+    pool: Any = None  # tasks.pool.ActorPool; the caller shuts it down
+
+
+handed: contextvars.ContextVar[Optional[Handover]] = contextvars.ContextVar("facepose_batch", default=None)
+
+
+def _start_prefect_server() -> Optional[threading.Thread]:
+    """Without ``PREFECT_API_URL`` a flow run starts Prefect's temporary server itself (a subprocess, about
+    3 s); start it now in a thread instead. Join the thread before calling the flow: ``start()`` is a
+    no-op for a server already started, and the flow then uses it."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-server-start", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_batch(kind_name: str, manifest: str, out: str, *, overrides: Sequence[str] = (), retry_failed: bool = False, dry_run: bool = False,
@@ -46,8 +73,18 @@ def run_batch(kind_name: str, manifest: str, out: str, *, overrides: Sequence[st
         summary.pop("rows")
         return summary
     flow = getattr(importlib.import_module(f"flows.{kind_name}"), f"{kind_name}_flow")  # flows/<kind>.py defines <kind>_flow
-    token = handed.set((plan, progress))
-    try:
-        return flow(manifest, out, overrides=list(overrides), retry_failed=retry_failed, config_files=[str(f) for f in config_files])
-    finally:
-        handed.reset(token)
+    from tasks.pool import kind_pool, ray_session
+
+    # Ray and the actors start here, in this thread, while Prefect's temporary server (if one is needed)
+    # starts in another: the actors load their models as Prefect boots (about 3 s each from the CLI).
+    server = _start_prefect_server()
+    with ray_session(cfg.batch):
+        pool = kind_pool(kind, cfg, out, len(plan.todo))
+        token = handed.set(Handover(plan, progress, pool))
+        try:
+            if server is not None:
+                server.join()
+            return flow(manifest, out, overrides=list(overrides), retry_failed=retry_failed, config_files=[str(f) for f in config_files])
+        finally:
+            handed.reset(token)
+            pool.shutdown()

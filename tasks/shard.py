@@ -1,5 +1,6 @@
-"""One Prefect shard task, one Ray actor class and one flow body for every job kind
-(:mod:`facepose.batch`): the flows in ``flows/`` are a few lines each around :func:`batch_flow_body`.
+"""One Prefect shard task and one flow body for every job kind (:mod:`facepose.batch`), over one Ray
+actor class (:class:`tasks.actor.KindActor`): the flows in ``flows/`` are a few lines each around
+:func:`batch_flow_body`.
 
 The flow owns the actor pool and hands it to its shard tasks as a parameter wrapped in
 ``prefect.utilities.annotations.quote``: shard tasks run in threads of the flow's process
@@ -11,8 +12,6 @@ looking for upstream futures.
 from __future__ import annotations
 
 import itertools
-import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -33,44 +32,6 @@ from tasks.common import RETRIES, STORAGE_RETRIES, RunProgress, TransientRowsErr
 from tasks.run import handed
 
 TABLE_ROWS = 500  # rows of the summary table artifact (errors first)
-
-
-def setup_actor_process(cfg: Any, env: Optional[dict[str, str]]) -> None:
-    """Per-process settings: ``env`` (thread caps, storage endpoint and keys) before the heavy imports
-    read it, then OpenCV's thread count and the storage config."""
-    os.environ.update(env or {})
-    import cv2
-
-    from facepose import storage
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    threads = max(1, int(cfg.batch.threads_per_actor))
-    cv2.setNumThreads(threads)
-    try:  # BLAS pools that numpy started before the environment was set
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=threads)
-    except ImportError:
-        pass
-    storage.configure(cfg.storage)
-
-
-class KindActor:
-    """The Ray actor of every kind: ``kind.load()`` once, then ``kind.run(row)`` per row.
-
-    kind: a :data:`facepose.batch.KINDS` name; cfg: a :class:`facepose.config.Config`; out: the run's
-    output prefix; env: environment for this process (:func:`tasks.pool.actor_env`)."""
-
-    def __init__(self, kind: str, cfg: Any, out: str, env: Optional[dict[str, str]] = None):
-        setup_actor_process(cfg, env)
-        self.kind, self.out = get_kind(kind, cfg), out
-        self.models = self.kind.load()
-
-    def ready(self) -> bool:
-        return True
-
-    def __call__(self, rows: list[dict]) -> list[dict]:
-        return [self.kind.run(row, self.models, self.out) for row in rows]
 
 
 @dataclass
@@ -142,22 +103,23 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
     pool of Ray actors), load (summary from this run's result parts, compaction, artifacts)."""
     from prefect.artifacts import create_table_artifact
 
-    from tasks.pool import ActorPool, actor_env, ray_session
+    from tasks.pool import kind_pool, ray_session
 
     logger = get_run_logger()
     t0 = time.perf_counter()
 
-    # Extract: config and plan (handed over by run_batch when it planned already)
+    # Extract: config and plan (handed over by run_batch, with a warm pool, when it planned already)
     cfg = load_config(overrides or [], config_files or [])
     storage.configure(cfg.storage)
     storage.ensure_bucket(out)
     kind = get_kind(kind_name, cfg)
-    plan, callback = handed.get() or (None, None)
-    if plan is None or (plan.manifest, plan.out) != (manifest, out):
-        plan = plan_task(kind, manifest, out, retry_failed=retry_failed)
+    given = handed.get()
+    if given is not None and (given.plan.manifest, given.plan.out) != (manifest, out):
+        given = None
+    plan = given.plan if given is not None else plan_task(kind, manifest, out, retry_failed=retry_failed)
     logger.info("%s", plan.describe())
     record_task(kind, quote(plan))
-    progress = RunProgress(plan.total, kind.id_column, callback, artifact_key=f"{kind.name}-progress", description=f"{kind.name} {manifest} -> {out}")
+    progress = RunProgress(plan.total, kind.id_column, given and given.progress, artifact_key=f"{kind.name}-progress", description=f"{kind.name} {manifest} -> {out}")
     for row in itertools.chain(plan.kept, plan.failed):
         progress.add(row)
 
@@ -166,15 +128,12 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
     if plan.todo:
         section = getattr(cfg, kind.section)
         with ray_session(cfg.batch):
-            pool_size = max(1, min(int(section.workers), len(plan.todo)))
-            pool = ActorPool(KindActor, (kind.name, cfg, out), pool_size, num_cpus=section.num_cpus,
-                             num_gpus=section.num_gpus, env=actor_env(cfg.batch), max_restarts=cfg.batch.actor_restarts, on_crash=kind.crashed,
-                             poll_s=cfg.batch.poll_s)
+            pool = given.pool if given is not None and given.pool is not None else kind_pool(kind, cfg, out, len(plan.todo))
             claims = Claims(out, plan.run_id, cfg.batch.lease_s)
             ctx = RunContext(kind, out, plan.run_id, pool, claims, progress)
             shard = run_shard.with_options(task_run_name=f"{kind.name}-shard-{{index}}")
             shards, pending = enumerate(iter_shards(plan.todo, section.shard_size)), {}
-            window = 2 * pool_size + 2  # shards in flight: the plan's rows stay on disk until their shard is due
+            window = 2 * len(pool.actors) + 2  # shards in flight: the plan's rows stay on disk until their shard is due
             try:
                 while True:
                     for i, jobs in itertools.islice(shards, max(0, window - len(pending))):
@@ -194,7 +153,8 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
                     progress.publish()
             finally:
                 claims.close()
-                pool.shutdown()
+                if given is None or pool is not given.pool:
+                    pool.shutdown()
     work_s = time.perf_counter() - t_work
 
     # Load: summary (this run's parts), compaction, artifacts

@@ -401,6 +401,43 @@ def test_an_actor_dying_fails_only_the_row_it_was_on():
     assert results[0]["pid"] != results[2]["pid"]  # Ray restarted the actor in a new process
 
 
+def test_the_actor_module_imports_neither_prefect_nor_ray():
+    # Ray imports the actor's module in every actor process: Prefect there costs each actor ~1.5 s of start.
+    code = "import sys, tasks.actor; print(sorted(m for m in ('prefect', 'ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.ray
+@pytest.mark.prefect
+def test_run_batch_starts_one_pool_before_the_flow_and_the_flow_runs_on_it(astronaut_png, tmp_path, monkeypatch):
+    import tasks.pool
+    import tasks.shard
+    from flows.render import run_render_batch
+
+    events, pools = [], []
+    kind_pool, body = tasks.pool.kind_pool, tasks.shard.batch_flow_body
+
+    def spy_pool(*args, **kwargs):
+        pools.append(kind_pool(*args, **kwargs))
+        events.append("pool")
+        return pools[-1]
+
+    def spy_body(*args, **kwargs):
+        events.append("flow")
+        return body(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.pool, "kind_pool", spy_pool)
+    monkeypatch.setattr(tasks.shard, "batch_flow_body", spy_body)
+    monkeypatch.setattr(sys.modules["flows.render"], "batch_flow_body", spy_body)
+    rows = [{"job_id": f"j{i}", "reference": str(astronaut_png), "driver": "preset:nod", "seconds": 0.5} for i in range(3)]
+    mf.write_rows(str(tmp_path / "m.csv"), rows)
+    summary = run_render_batch(str(tmp_path / "m.csv"), str(tmp_path / "out"), overrides=["render.workers=2", "render.shard_size=2"])
+    assert summary["ok"] == 3
+    assert events == ["pool", "flow"]  # one pool, started before the flow run began
+    assert len(pools[0].actors) == 2 and pools[0]._closed  # the flow ran on it; run_batch shut it down
+
+
 # -- curation ---------------------------------------------------------------------------------------
 @pytest.mark.ray
 @pytest.mark.prefect
