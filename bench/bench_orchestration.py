@@ -296,21 +296,25 @@ def main(argv: list[str]) -> int:
 
         big = d / "jobs-x3.csv"
         write_manifest(big, ref, 3 * args.jobs)
-        cold, warm, par, par_big, flow1, flow2, flow2_big = [], [], [], [], [], [], []
+        cold, warm, par, par_big, flow1, flow1_big, flow2, flow2_big = [], [], [], [], [], [], [], []
         for r in range(args.repeat):  # interleaved, so a burst of outside load hits every configuration
             cold.append(cold_loop(manifest, d / f"cold{r}"))
             warm.append(plain_loop(manifest, d / f"loop{r}", warm=True))
             par.append(parallel_loops(manifest, d / f"par{r}", 2))
             par_big.append(parallel_loops(big, d / f"parx3-{r}", 2))
             flow1.append(flow_run(manifest, d / f"flow1-{r}", 1, args.shard)[0])
+            flow1_big.append(flow_run(big, d / f"flow1x3-{r}", 1, args.shard)[0])
             flow2.append(flow_run(manifest, d / f"flow2-{r}", 2, args.shard)[0])
             flow2_big.append(flow_run(big, d / f"flow2x3-{r}", 2, args.shard)[0])
         loop_s = min(warm)
         cold_s, par_s, flow1_s, flow2_s, flow2_big_s = min(cold), min(par), min(flow1), min(flow2), min(flow2_big)
         per_job = 2 * (flow2_big_s - flow2_s) / (2 * args.jobs)  # worker-seconds per extra job, fixed costs cancelled
         par_job = 2 * (min(par_big) - par_s) / (2 * args.jobs)
+        solo_job = (min(flow1_big) - flow1_s) / (2 * args.jobs)  # 1 worker: the flow process has the other core
         rerun_s, s3 = flow_run(manifest, d / "flow2-0", 2, args.shard)  # everything done: planning only
+        cpu0 = time.process_time()
         _, last = flow_run(manifest, d / "where", 2, args.shard)  # where a 2-worker run's time goes
+        driver_cpu = time.process_time() - cpu0  # this process: the flow, its shard threads, Ray's driver threads
         start_s = actor_start(2)
 
         write_manifest(d / "one.csv", ref, 1)
@@ -347,6 +351,10 @@ def main(argv: list[str]) -> int:
           f"{per_job / par_job - 1:+.1%}**; over one loop on one core {per_job / (loop_s / args.jobs) - 1:+.1%}, of which running two "
           f"processes at once costs {par_job / (loop_s / args.jobs) - 1:+.1%} with no orchestration. Fixed cost of a 2-worker run over "
           f"2 plain loops: {flow2_s - par_s:+.1f} s wall.\n")
+    print(f"With the flow process on a core of its own (1 worker, {3 * args.jobs} jobs minus {args.jobs}): {solo_job:.3f} s a job, "
+          f"**{solo_job / (loop_s / args.jobs) - 1:+.1%} over the warm loop**. The flow process used {driver_cpu:.1f} s of CPU in a "
+          f"2-worker run of {args.jobs} jobs ({1000 * driver_cpu / args.jobs:.0f} ms a job; Prefect's server and Ray's daemons come on top), "
+          f"CPU the 2 workers lose when they share its 2 cores.\n")
     print(f"Where a 2-worker run's {last['wall_s']:.1f} s go: planning and results before work {last['wall_s'] - last['work_s']:.1f} s "
           f"(of which the summary and compaction after it), transform stage {last['work_s']:.1f} s (2 actors starting and loading "
           f"their models: {start_s:.1f} s; renders at the warm loop's pace: {loop_s / 2:.1f} s).\n")
