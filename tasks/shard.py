@@ -2,7 +2,9 @@
 actor class (:class:`tasks.actor.KindActor`): the flows in ``flows/`` are a few lines each around
 :func:`batch_flow_body`.
 
-The flow owns the actor pool and hands it to its shard tasks as a parameter wrapped in
+The flow body runs on the actor pool that :func:`tasks.run.run_batch` started before the flow (its
+actors load their models while Prefect starts), or builds its own when it was not handed one (a
+deployment's flow run); it hands the pool to its shard tasks as a parameter wrapped in
 ``prefect.utilities.annotations.quote``: shard tasks run in threads of the flow's process
 (ThreadPoolTaskRunner) and, with result persistence and caching off (``cache_policy=NONE``), Prefect
 neither serialises nor stores task parameters; ``quote`` only tells it not to walk into the object

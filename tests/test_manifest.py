@@ -300,6 +300,37 @@ def test_a_claim_is_held_by_one_run_until_released_or_lapsed(tmp_path, s3, where
         b.close()
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_runs_taking_over_one_lapsed_claim_at_once_get_it_once(tmp_path, s3, where):
+    import threading
+
+    from facepose.batch.results import CLAIMS_DIR, Claims
+
+    out = str(tmp_path / "out") if where == "local" else f"{s3}/takeover"
+    jobs = [f"j{i}" for i in range(40)]
+    for job in jobs:  # claims of a killed run, lapsed a minute ago
+        storage.write_text(storage.join(out, CLAIMS_DIR, f"{job}.json"), json.dumps({"run_id": "killed", "expires": time.time() - 60}))
+    runs = [Claims(out, f"run-{k}", lease_s=30.0) for k in range(3)]
+    won = {run.run_id: [] for run in runs}
+    start = threading.Barrier(len(runs))
+
+    def take_all(run):
+        start.wait()
+        won[run.run_id] = [job for job in jobs if run.take(job)]
+
+    threads = [threading.Thread(target=take_all, args=(run,)) for run in runs]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for run in runs:
+            run.close()
+    taken = sorted(job for got in won.values() for job in got)
+    assert taken == sorted(jobs)  # each lapsed claim went to exactly one run
+
+
 def test_empty_manifest_is_an_input_error(tmp_path):
     from facepose.batch.plan import plan_run
 

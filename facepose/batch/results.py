@@ -18,10 +18,12 @@ renewed for ``batch.lease_s`` (its run was killed) may be taken over.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -185,13 +187,26 @@ def create_exclusive(uri: str, text: str) -> bool:
     loc = storage.parse(uri)
     data = text.encode()
     if loc.scheme != "s3":
-        os.makedirs(os.path.dirname(loc.path) or ".", exist_ok=True)
+        # Written whole to a temporary file, then hard-linked into place: link() fails when the name
+        # exists, and no reader ever sees the file empty (as it would between O_EXCL's create and write).
+        folder = os.path.dirname(loc.path) or "."
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".excl-")
         try:
-            fd = os.open(loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.link(tmp, loc.path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        except OSError:  # a file system without hard links: O_EXCL, with its short empty-file window
+            try:
+                fd = os.open(loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        finally:
+            os.unlink(tmp)
         return True
     from minio.error import S3Error
 
@@ -227,25 +242,60 @@ class Claims:
         return json.dumps({"run_id": self.run_id, "expires": time.time() + self.lease_s})
 
     def take(self, job_id: str) -> bool:
-        """Claim ``job_id``; True when this run now holds it (a lapsed claim is taken over)."""
+        """Claim ``job_id``; True when this run now holds it.
+
+        A lapsed claim (its run stopped renewing it) is taken over by the one run that creates the
+        takeover marker of that very claim (``<claim>.<sha1 of its text>.takeover``, created only if
+        absent) and then still finds the claim unchanged; the others see it held. Deleting the lapsed
+        claim and creating a new one instead would let two runs that read it at once both win."""
         uri = self.uri(job_id)
-        if not create_exclusive(uri, self._body()):
+        for _ in range(3):  # a claim released between our create and our read: create again
+            if create_exclusive(uri, self._body()):
+                break
             try:
-                held = json.loads(storage.read_text(uri))
-            except (json.JSONDecodeError, StorageError):
-                held = {}
+                text = storage.read_text(uri)
+            except StorageError:
+                continue
+            try:
+                held = json.loads(text)
+            except json.JSONDecodeError:
+                held = {}  # cut short by a crash: lapsed
             if held.get("run_id") == self.run_id:
-                pass
-            elif float(held.get("expires") or 0) > time.time():
+                break
+            if float(held.get("expires") or 0) > time.time():
                 return False
-            else:  # its run stopped renewing it: take it over
+            marker = f"{uri}.{hashlib.sha1(text.encode()).hexdigest()[:16]}.takeover"
+            if not create_exclusive(marker, self._body()):
+                self._clear_stale(marker)
+                return False  # another run is taking it over
+            try:
+                if storage.read_text(uri) != text:
+                    return False  # taken over (and the marker deleted) before we created ours
                 log.info("taking over the lapsed claim of run %s on %s", held.get("run_id"), job_id)
-                storage.delete(uri)
-                if not create_exclusive(uri, self._body()):
-                    return False
+                storage.write_text(uri, self._body())
+            except StorageError:
+                return False
+            finally:
+                storage.delete(marker)
+            break
+        else:
+            return False
         with self._lock:
             self._held.add(job_id)
         return True
+
+    def _clear_stale(self, marker: str) -> None:
+        """Delete a takeover marker left by a run that died between creating it and deleting it (it
+        would block that claim for good); the next :meth:`take` can then take the claim over."""
+        try:
+            try:
+                expires = float(json.loads(storage.read_text(marker)).get("expires") or 0)
+            except (json.JSONDecodeError, AttributeError):
+                expires = 0.0  # cut short by a crash
+            if expires < time.time():
+                storage.delete(marker)
+        except StorageError:
+            pass  # gone already, or storage is down: the next take tries again
 
     def release(self, job_id: str) -> None:
         with self._lock:  # not while a renewal rewrites it: that would leave a stale claim behind
