@@ -9,9 +9,10 @@ is and how one row runs; everything else is written once, here and in ``tasks/``
   ``retry_failed``; changed inputs always rerun).
 - :mod:`facepose.batch.results`: result *parts* (one Parquet per shard per run, under ``_results/``)
   merged on read and compacted into ``results.parquet`` once at the end of a run, and per-job *claims*
-  (``_claims/<id>.json``, created only if absent: S3 ``If-None-Match: *`` or ``O_EXCL`` locally) so two
+  (``_claims/<id>.json``, created only if absent: S3 ``If-None-Match: *`` or a hard link locally) so two
   runs on one prefix never run one job twice.
-- ``tasks/shard.py`` (one Prefect shard task, one Ray actor class, the flow body) drives any kind.
+- ``tasks/shard.py`` (one Prefect shard task, the flow body) and ``tasks/actor.py`` (one Ray actor
+  class) drive any kind.
 
 Adding a kind (e.g. ``lesson``: text -> video):
 

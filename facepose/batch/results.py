@@ -11,9 +11,9 @@ while the part itself stays until it is older than the grace period, far longer 
 takes, so the next reader still merges it.
 
 **Claims** make each job run once across concurrent runs: before running a job a run creates
-``<out>/_claims/<id>.json`` only if it does not exist (S3 ``If-None-Match: *``; ``O_EXCL`` on a local
+``<out>/_claims/<id>.json`` only if it does not exist (S3 ``If-None-Match: *``; a hard link on a local
 disk), renews it while the job runs and deletes it after the done marker is written. A claim not
-renewed for ``batch.lease_s`` (its run was killed) may be taken over.
+renewed for ``batch.lease_s`` (its run was killed) may be taken over, by one run (:meth:`Claims.take`).
 """
 
 from __future__ import annotations
