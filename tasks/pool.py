@@ -73,13 +73,13 @@ def actor_env(batch: Any) -> dict[str, str]:
     return env
 
 
-def kind_pool(kind: Any, cfg: Any, out: str, jobs: int) -> "ActorPool":
+def kind_pool(kind: Any, out: str, jobs: int) -> "ActorPool":
     """The actor pool of a batch run: ``min(<section>.workers, jobs)`` :class:`tasks.actor.KindActor`
-    actors of ``kind`` (a :class:`facepose.batch.JobKind`) with the section's ``num_cpus`` / ``num_gpus``.
-    Returns at once; the actors load their models in their own processes meanwhile."""
+    actors of ``kind`` (a :class:`facepose.batch.JobKind`, with its config) with the section's
+    ``num_cpus`` / ``num_gpus``. Returns at once; the actors load their models in their own processes."""
     from tasks.actor import KindActor
 
-    section = getattr(cfg, kind.section)
+    cfg, section = kind.cfg, kind.settings
     return ActorPool(KindActor, (kind.name, cfg, out), max(1, min(int(section.workers), jobs)), num_cpus=section.num_cpus,
                      num_gpus=section.num_gpus, env=actor_env(cfg.batch), max_restarts=cfg.batch.actor_restarts, on_crash=kind.crashed,
                      poll_s=cfg.batch.poll_s)

@@ -79,7 +79,7 @@ def run_batch(kind_name: str, manifest: str, out: str, *, overrides: Sequence[st
     # starts in another: the actors load their models as Prefect boots (about 3 s each from the CLI).
     server = _start_prefect_server()
     with ray_session(cfg.batch):
-        pool = kind_pool(kind, cfg, out, len(plan.todo))
+        pool = kind_pool(kind, out, len(plan.todo))
         token = handed.set(Handover(plan, progress, pool))
         try:
             if server is not None:

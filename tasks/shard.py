@@ -128,13 +128,12 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
     # Transform: shards of jobs -> Prefect tasks -> Ray actors, each job under a claim
     t_work, elsewhere = time.perf_counter(), 0
     if plan.todo:
-        section = getattr(cfg, kind.section)
         with ray_session(cfg.batch):
-            pool = given.pool if given is not None and given.pool is not None else kind_pool(kind, cfg, out, len(plan.todo))
+            pool = given.pool if given is not None and given.pool is not None else kind_pool(kind, out, len(plan.todo))
             claims = Claims(out, plan.run_id, cfg.batch.lease_s)
             ctx = RunContext(kind, out, plan.run_id, pool, claims, progress)
             shard = run_shard.with_options(task_run_name=f"{kind.name}-shard-{{index}}")
-            shards, pending = enumerate(iter_shards(plan.todo, section.shard_size)), {}
+            shards, pending = enumerate(iter_shards(plan.todo, kind.settings.shard_size)), {}
             window = 2 * len(pool.actors) + 2  # shards in flight: the plan's rows stay on disk until their shard is due
             try:
                 while True:

@@ -31,6 +31,11 @@ class JobKind:
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
+    @property
+    def settings(self) -> Any:
+        """The config section named by :attr:`section`: ``shard_size``, ``workers``, ``num_cpus``, ``num_gpus``."""
+        return getattr(self.cfg, self.section)
+
     # -- planning (in the driver) --------------------------------------------------------------------
     def parse(self, rows: list[dict[str, Any]], out: str, base: str, *, start: int = 1,
               seen: Optional[dict[str, Any]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
