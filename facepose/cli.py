@@ -326,6 +326,7 @@ def _batch_summary(summary: dict, noun: str) -> None:
 
 #: Exit codes of the batch commands (render-batch, curate).
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_NOT_STARTED = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it; SIGTERM ends the same way (see _terminate)
 BATCH_EXIT_HELP = ("Exit status: 0 every row ok or skipped (done before); 1 some rows failed (see results.parquet); "
                    "2 the run could not start (unreadable manifest, unreachable storage).")
 
@@ -452,19 +453,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         code = command.main(args=argv, prog_name="facepose", standalone_mode=False)
         if isinstance(code, int):  # typer.Exit(n) comes back as the return value when standalone_mode is off
-            return code
+            return _interrupted() if code == EXIT_INTERRUPTED else code
     except FaceposeError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 1
-    except (click.exceptions.Exit, typer.Exit) as e:
-        return e.exit_code
+    except (click.exceptions.Exit, typer.Exit) as e:  # typer >= 0.29 turns Ctrl+C into Exit(130), silently
+        return _interrupted() if e.exit_code == EXIT_INTERRUPTED else e.exit_code
     except _USAGE_ERRORS as e:  # a mistyped command or option: click's usage message, exit 2
         e.show()
         return e.exit_code
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
-        console.print("aborted")
-        return 130
+        return _interrupted()
     return 0
+
+
+def _interrupted() -> int:
+    console.print("interrupted; nothing half-written is left, and a batch run keeps the rows it finished: "
+                      "run the same command again to finish")
+    return EXIT_INTERRUPTED
 
 
 # typer >= 0.29 raises the exceptions of its own vendored click (typer._click), older ones click's.

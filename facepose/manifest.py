@@ -531,6 +531,8 @@ def run_render_job(row: dict[str, Any], cfg: Optional[Config] = None, renderers:
             cfg = with_voice(cfg, job.voice, job.language, job.rate)
         if job.adjust:
             cfg = with_adjust(cfg, job.adjust)
+        if storage.remove_stale_parts(job.output):  # an earlier attempt at this job was killed mid-write
+            log.info("job %s: removed the temporary files of an interrupted earlier attempt", job.job_id)
         res = render_video(
             job.reference, job.driver, job.output, seconds=job.seconds, backend=job.backend, seed=job.seed, cfg=cfg,
             renderer=renderer, driver_type=job.driver_type,

@@ -11,6 +11,7 @@ is left is raised as a :class:`~facepose.errors.StorageError` naming the URI and
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import logging
 import os
@@ -333,6 +334,23 @@ def upload(src: str | os.PathLike, uri: str | os.PathLike) -> None:
     """Copy the local file ``src`` to ``uri``."""
     with open(src, "rb") as f:
         write_stream(uri, f, length=os.path.getsize(src))
+
+
+def remove_stale_parts(uri: str | os.PathLike) -> int:
+    """Delete the temporary files that :func:`writer` and :func:`atomic_local_write` left beside the local
+    file ``uri`` when their process was killed (``.<name>.<random>.part<suffix>``): call it only while
+    nothing else writes ``uri`` (a batch job under its claim). Returns how many were deleted; S3 keeps
+    nothing half-written, so there it does nothing."""
+    loc = parse(uri)
+    if loc.scheme != "file":
+        return 0
+    path = Path(loc.path)
+    n = 0
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            n += 1
+    return n
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import queue
+import signal
 import threading
 from typing import Any, Callable, Iterator, Optional
 
@@ -42,6 +43,9 @@ def ray_session(batch: Any) -> Iterator[bool]:
     if ray.is_initialized():
         yield False
         return
+    # ray.init replaces the SIGTERM handler with sys.exit(15); a Python handler set before it (the CLI's:
+    # SIGTERM unwinds like Ctrl+C) is put back, so a stopped run ends the same way whenever it is stopped.
+    keep = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     address = os.environ.get("RAY_ADDRESS") or getattr(batch, "ray_address", None)
     if address:
         log.info("joining the Ray cluster at %s", address)
@@ -58,6 +62,8 @@ def ray_session(batch: Any) -> Iterator[bool]:
         # else runs (a plain loop would not). Actors log to files under /tmp/ray; the flow logs each result.
         os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=batch.num_cpus, num_gpus=batch.num_gpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    if callable(keep):
+        signal.signal(signal.SIGTERM, keep)
     try:
         yield True
     finally:

@@ -17,6 +17,7 @@ from facepose.batch import get_kind
 from facepose.batch.plan import Plan, plan_run
 from facepose.batch.summary import dry_run_summary, finish, record_plan
 from facepose.config import load_config
+from facepose.errors import ConfigError
 
 ProgressCallback = Any  # (rows finished, rows in the run, the result row) -> None; see tasks.common
 
@@ -28,7 +29,8 @@ class Handover:
 
     plan: Plan
     progress: Optional[ProgressCallback]
-    pool: Any = None  # tasks.pool.ActorPool; the caller shuts it down
+    pool: Any = None  # tasks.pool.ActorPool; the flow body shuts it down when done with it, the caller after the flow
+    t0: float = 0.0  # time.perf_counter() when the caller began (the summary's wall_s counts from it)
 
 
 handed: contextvars.ContextVar[Optional[Handover]] = contextvars.ContextVar("facepose_batch", default=None)
@@ -37,10 +39,19 @@ handed: contextvars.ContextVar[Optional[Handover]] = contextvars.ContextVar("fac
 def _start_prefect_server() -> Optional[threading.Thread]:
     """Without ``PREFECT_API_URL`` a flow run starts Prefect's temporary server itself (a subprocess, about
     3 s); start it now in a thread instead. Join the thread before calling the flow: ``start()`` is a
-    no-op for a server already started, and the flow then uses it."""
+    no-op for a server already started, and the flow then uses it. With ``PREFECT_API_URL``, check that
+    the server answers (ConfigError naming it if not), before anything else starts."""
     from prefect.settings import PREFECT_API_URL
 
-    if PREFECT_API_URL.value():
+    url = PREFECT_API_URL.value()
+    if url:
+        import httpx
+
+        try:
+            httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+        except httpx.HTTPError as e:
+            raise ConfigError(f"cannot reach the Prefect API at {url} (PREFECT_API_URL): {e or type(e).__name__}; "
+                              "start that server, or unset PREFECT_API_URL to run with a temporary one") from None
         return None
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -80,7 +91,7 @@ def run_batch(kind_name: str, manifest: str, out: str, *, overrides: Sequence[st
     server = _start_prefect_server()
     with ray_session(cfg.batch):
         pool = kind_pool(kind, out, len(plan.todo))
-        token = handed.set(Handover(plan, progress, pool))
+        token = handed.set(Handover(plan, progress, pool, t0))
         try:
             if server is not None:
                 server.join()

@@ -108,16 +108,16 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
     from tasks.pool import kind_pool, ray_session
 
     logger = get_run_logger()
-    t0 = time.perf_counter()
+    given = handed.get()
+    t0 = given.t0 if given is not None else time.perf_counter()
 
     # Extract: config and plan (handed over by run_batch, with a warm pool, when it planned already)
     cfg = load_config(overrides or [], config_files or [])
     storage.configure(cfg.storage)
     storage.ensure_bucket(out)
     kind = get_kind(kind_name, cfg)
-    given = handed.get()
     if given is not None and (given.plan.manifest, given.plan.out) != (manifest, out):
-        given = None
+        given, t0 = None, time.perf_counter()
     plan = given.plan if given is not None else plan_task(kind, manifest, out, retry_failed=retry_failed)
     logger.info("%s", plan.describe())
     record_task(kind, quote(plan))
@@ -152,10 +152,9 @@ def batch_flow_body(kind_name: str, manifest: str, out: str, overrides: Optional
                         for row in rows:
                             progress.add(row)
                     progress.publish()
-            finally:
+            finally:  # also on Ctrl+C / SIGTERM: shard tasks then stop taking rows at once
                 claims.close()
-                if given is None or pool is not given.pool:
-                    pool.shutdown()
+                pool.shutdown()
     work_s = time.perf_counter() - t_work
 
     # Load: summary (this run's parts), compaction, artifacts

@@ -4,12 +4,18 @@ manifests saved by Excel, `--dry-run`, and a rerun with nothing to do that start
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import pyarrow.parquet as pq
 import pytest
 
+from tests.support import ROOT
 from tests.support.cli import assert_one_line_error, facepose
 from tests.support.net import free_port
 
@@ -35,6 +41,16 @@ def test_render_batch_exits_1_when_a_row_failed_and_0_when_none_did(folder):
     assert "duplicate job_id" in failed.stderr + failed.stdout and (folder / "out" / "uniq.mp4").is_file()
     rows = {r["job_id"]: r["status"] for r in pq.read_table(folder / "out" / "results.parquet").to_pylist()}
     assert rows == {"nod": "ok", "uniq": "ok", "#2": "error"}
+    # a row that failed while running stays failed on a plain rerun (exit 1 again), reruns with --retry-failed
+    from PIL import Image
+
+    Image.new("RGB", (320, 240), (90, 140, 200)).save(folder / "sky.png")
+    (folder / "noface.csv").write_text("job_id,reference,driver,seconds\nnod,ref.png,preset:nod,1\nsky,sky.png,preset:nod,1\n")
+    for attempt in ([], [], ["--retry-failed"]):
+        result = facepose("render-batch", str(folder / "noface.csv"), "-o", out, "--json", *attempt)
+        summary = json.loads(result.stdout)
+        assert result.returncode == 1 and (summary["error"], summary["skipped"]) == (1, 1), (attempt, result.stdout[-2000:])
+        assert summary["errors"][0]["job_id"] == "sky" and summary["errors"][0]["error_kind"] == "no_face"
     # nothing left to do: exit 0, and fast (no Prefect server, no Ray)
     t0 = time.perf_counter()
     again = facepose("render-batch", str(folder / "one.csv"), "-o", out)
@@ -111,3 +127,36 @@ def test_json_summaries_of_render_curate_and_lesson_batches(folder):
     assert lesson.returncode == 0 and json.loads(lesson.stdout)["to_run"] == 1, lesson.stderr[-2000:]
     missing = facepose("render-batch", str(folder / "missing.csv"), "-o", out, "--json")
     assert missing.returncode == 2 and "missing.csv" in json.loads(missing.stdout)["error"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_stops_soon_says_so_and_a_rerun_finishes_it(folder):
+    rows = "".join(f"j{i:02d},ref.png,preset:nod,10\n" for i in range(12))  # 240 frames each: ~15 s of rendering at 2 workers
+    (folder / "m.csv").write_text("job_id,reference,driver,seconds\n" + rows)
+    out = folder / "out"
+    cmd = [sys.executable, "-m", "facepose.cli", "-s", "render.workers=2", "render-batch", str(folder / "m.csv"), "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ))
+    deadline = time.monotonic() + 180
+    while not (out / "_done").is_dir() or not any((out / "_done").iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # Ctrl+C; SIGTERM takes the same path (facepose.cli._terminate)
+    t0 = time.monotonic()
+    _, stderr = proc.communicate(timeout=120)
+    stopped_s, done = time.monotonic() - t0, len(list((out / "_done").iterdir()))
+    assert proc.returncode == 130 and "interrupted" in stderr, stderr[-3000:]
+    assert done < 12 and stopped_s < 30, (done, stopped_s)  # the rows not started were not rendered first
+    # an actor killed mid-render may leave its hidden temporary file; outputs are only ever renamed into place
+    assert all(p.name.startswith(".") for p in out.iterdir() if ".part" in p.name)
+    again = subprocess.run([*cmd, "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    summary = json.loads(again.stdout)
+    assert again.returncode == 0 and summary["skipped"] >= done and summary["ok"] + summary["skipped"] == 12, again.stderr[-2000:]
+    assert not [p.name for p in out.iterdir() if ".part" in p.name]  # the rerun removed what the killed attempts left
+
+
+def test_an_unreachable_prefect_api_is_one_line_and_exit_2(folder):
+    (folder / "one.csv").write_text("job_id,reference,driver,seconds\nnod,ref.png,preset:nod,1\n")
+    url = f"http://127.0.0.1:{free_port()}/api"
+    result = facepose("render-batch", str(folder / "one.csv"), "-o", str(folder / "out"), env={"PREFECT_API_URL": url})
+    assert result.returncode == 2
+    assert_one_line_error(result, url, "PREFECT_API_URL")

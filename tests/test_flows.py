@@ -190,9 +190,10 @@ def test_bad_rows_fail_alone_with_clear_errors(s3, s3_server, inputs):
         "missing-ref": "input", "no-face": "no_face", "corrupt-driver": "media", "unknown-preset": "input", "escapes": "input"}
     assert not storage.exists("s3://flows-in/stolen.mp4")
     assert [k for k in _keys(s3_server, out) if k.endswith(".mp4")] == [f"renders/p{i}.mp4" for i in range(3)]
-    # a plain rerun leaves failed jobs alone; --retry-failed reruns only them
+    # a plain rerun leaves failed jobs alone, still counted as failed; --retry-failed reruns only them
     again = run_render_batch(manifest, out, overrides=FAST)
-    assert (again["ok"], again["skipped"], again["error"]) == (0, 6, 2)
+    assert (again["ok"], again["skipped"], again["error"]) == (0, 3, 5)
+    assert {e["job_id"]: e["error_kind"] for e in again["errors"]}["no-face"] == "no_face"
     retry = run_render_batch(manifest, out, overrides=FAST, retry_failed=True)
     assert (retry["ok"], retry["skipped"], retry["error"]) == (0, 3, 5)
     assert len(_results(s3_server, out)) == 8
@@ -498,8 +499,9 @@ def test_curate_reruns_a_failed_video_only_with_retry_failed(s3, s3_server, astr
     out, fast = f"{s3}/cv-dataset", ["curate.workers=1"]
     first = run_curate(f"{s3}/cv/curate.csv", out, overrides=fast)
     assert (first["ok"], first["error"]) == (1, 1) and "broken.mp4" in first["errors"][0]["error"]
-    plain = run_curate(f"{s3}/cv/curate.csv", out, overrides=fast)  # the same rule as render: a failed row is kept
-    assert (plain["ok"], plain["error"], plain["skipped"], plain["flow_run_id"]) == (0, 0, 2, None)
+    plain = run_curate(f"{s3}/cv/curate.csv", out, overrides=fast)  # the same rule as render: a failed row stays failed
+    assert (plain["ok"], plain["error"], plain["skipped"], plain["flow_run_id"]) == (0, 1, 1, None)
+    assert "broken.mp4" in plain["errors"][0]["error"]
     retry = run_curate(f"{s3}/cv/curate.csv", out, overrides=fast, retry_failed=True)
     assert (retry["ok"], retry["error"], retry["skipped"]) == (0, 1, 1) and retry["flow_run_id"]
     results = {r["video_id"]: r for r in pq.read_table(io.BytesIO(_get(s3_server, f"{out}/results.parquet"))).to_pylist()}

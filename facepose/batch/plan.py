@@ -81,8 +81,9 @@ class Spool:
 class Plan:
     """A run's plan. ``todo``: job rows to run; ``kept``: ok results of earlier runs with the same
     inputs (counted as ``skipped``; reduced to the id, ``status`` and ``input_digest``); ``failed``:
-    error rows of rows that cannot run (bad rows, missing inputs), ``record`` the ones not already
-    recorded that way and the results recovered from done markers. ``todo``, ``kept`` and ``failed``
+    error rows of rows that cannot run (bad rows, missing inputs) and of rows that failed before with
+    the same inputs and are not retried (counted as errors), ``record`` the new ones among them and
+    the results recovered from done markers. ``todo``, ``kept`` and ``failed``
     are :class:`Spool` s on local disk, so the plan's memory does not grow with the manifest."""
 
     kind: str
@@ -99,7 +100,7 @@ class Plan:
         return len(self.todo) + len(self.kept) + len(self.failed)
 
     def describe(self) -> str:
-        return f"{self.manifest}: {self.total} rows: {len(self.todo)} to run, {len(self.kept)} done before, {len(self.failed)} cannot run"
+        return f"{self.manifest}: {self.total} rows: {len(self.todo)} to run, {len(self.kept)} done before, {len(self.failed)} failed (bad rows, or failed before: --retry-failed reruns those)"
 
 
 def needs_run(previous: Optional[dict[str, Any]], input_digest: str, retry_failed: bool) -> bool:
@@ -165,8 +166,8 @@ def plan_run(kind: JobKind, manifest: str, out: str, *, retry_failed: bool = Fal
             prev = None if state is None else {"status": state[0], "input_digest": state[1], "transient": state[2]}
             if needs_run(prev, job["input_digest"], retry_failed):
                 plan.todo.append(job)
-            else:
-                plan.kept.append({key: job_id, "status": state[0], "input_digest": state[1], "error": state[3]})  # failed before, not retried
+            else:  # failed before with the same inputs: still failed (counted as an error; --retry-failed reruns it)
+                plan.failed.append(kind.error_row(job_id, state[3] or "failed", kind=state[4] or "internal", input_digest=state[1]))
         for row in invalid:
             state = previous.get(row[key])
             same = state is not None and state[0] == "error" and state[3] == row["error"]

@@ -155,16 +155,16 @@ def read_results(kind: JobKind, out: str, run_id: Optional[str] = None) -> dict[
     return {row[kind.id_column]: row for row in results_table(kind, out, run_id).to_pylist()}
 
 
-#: What planning needs of an earlier result: (status, input_digest, transient, error)
-State = tuple[Optional[str], Optional[str], bool, Optional[str]]
+#: What planning needs of an earlier result: (status, input_digest, transient, error, error_kind)
+State = tuple[Optional[str], Optional[str], bool, Optional[str], Optional[str]]
 
 
 def read_states(kind: JobKind, out: str) -> dict[str, State]:
     """The latest result of each id, reduced to what planning decides on (:data:`State`): a few
     strings a row rather than a dict of every column."""
     t = results_table(kind, out)
-    cols = [t[c].to_pylist() for c in (kind.id_column, "status", "input_digest", "transient", "error")]
-    return {i: (s, d, bool(tr), e) for i, s, d, tr, e in zip(*cols)}
+    cols = [t[c].to_pylist() for c in (kind.id_column, "status", "input_digest", "transient", "error", "error_kind")]
+    return {i: (s, d, bool(tr), e, k) for i, s, d, tr, e, k in zip(*cols)}
 
 
 def compact(kind: JobKind, out: str, grace_s: float) -> int:
