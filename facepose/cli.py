@@ -317,6 +317,8 @@ def _batch_summary(summary: dict, noun: str) -> None:
     for key, value in summary.items():
         if key in {"errors", "results_rows", "outputs", "flow_run_id", "run_id"}:
             continue
+        if isinstance(value, dict):  # counts by reason (curate's "dropped"): "too_small 3, blurry 1", or "none"
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
         table.add_row(str(key), f"{value:.2f}" if isinstance(value, float) else str(value))
     Console().print(table)
     for err in summary.get("errors", [])[:20]:  # {<id column>: ..., "error": ..., "error_kind": ...}
@@ -324,11 +326,11 @@ def _batch_summary(summary: dict, noun: str) -> None:
         console.print(f"[red]failed[/red] {job}: {err.get('error')}", highlight=False, soft_wrap=True)
 
 
-#: Exit codes of the batch commands (render-batch, curate).
+#: Exit codes of the batch commands (render-batch, lesson-batch, curate).
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_NOT_STARTED = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it; SIGTERM ends the same way (see _terminate)
 BATCH_EXIT_HELP = ("Exit status: 0 every row ok or skipped (done before); 1 some rows failed (see results.parquet); "
-                   "2 the run could not start (unreadable manifest, unreachable storage).")
+                   "2 the run could not start (unreadable manifest, unreachable storage or Prefect API); 130 interrupted.")
 
 
 def _run_batch(kind: str, manifest: str, out: str, retry_failed: bool, dry_run: bool, label: str, as_json: bool = False) -> None:

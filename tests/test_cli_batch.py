@@ -99,10 +99,10 @@ def test_excel_manifests_windows_1252_and_semicolons_plan_in_a_dry_run(folder):
 
 
 def test_help_documents_the_exit_codes():
-    for command in ("render-batch", "curate"):
+    for command in ("render-batch", "lesson-batch", "curate"):
         result = facepose(command, "--help")
         text = " ".join(result.stdout.split())
-        assert result.returncode == 0 and "0 every row ok or skipped" in text and "2 the run could not start" in text
+        assert result.returncode == 0 and "0 every row ok or skipped" in text and "2 the run could not start" in text and "130 interrupted" in text
         assert "--retry-failed" in text and "--dry-run" in text
 
 

@@ -279,8 +279,8 @@ def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_ser
     flaky.start()
     monkeypatch.setenv("MINIO_ENDPOINT", f"127.0.0.1:{port}")
     storage._clients.clear()
-    jobs = _preset_jobs(inputs, 6)
-    manifest = f"{s3}/six.csv"
+    jobs = _preset_jobs(inputs, 8, seconds=2.0)  # enough work left after the first job that the outage meets running shards
+    manifest = f"{s3}/eight.csv"
     mf.write_rows(manifest, jobs)
     out = f"{s3}/renders"
     outage = {"down": None, "up": None}
@@ -320,7 +320,7 @@ def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_ser
         storage._clients.clear()
         storage.configure(StorageConfig())
     assert outage["down"] is not None and outage["up"] is not None, "the outage never happened"
-    assert (summary["ok"] + summary["skipped"], summary["error"]) == (6, 0), summary["errors"]
+    assert (summary["ok"] + summary["skipped"], summary["error"]) == (8, 0), summary["errors"]
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -331,7 +331,7 @@ def test_storage_failing_for_a_while_mid_run_is_retried_to_completion(s3, s3_ser
     results = _results(s3_server, out)
     assert sorted(r["job_id"] for r in results) == sorted(j["job_id"] for j in jobs) and all(r["status"] == "ok" for r in results)
     for job in jobs:
-        assert _frames(s3_server, f"{out}/{job['job_id']}.mp4", tmp_path) == 24
+        assert _frames(s3_server, f"{out}/{job['job_id']}.mp4", tmp_path) == 48
 
 
 @pytest.mark.ray
