@@ -12,6 +12,7 @@ An actor whose process dies fails only the row it was working on (Ray restarts t
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -94,9 +95,9 @@ def kind_pool(kind: Any, out: str, jobs: int) -> "ActorPool":
 class ActorPool:
     """``n`` Ray actors of ``cls`` (``cls(*args, env=env)`` in each), shared by the shard tasks.
 
-    The idle actors wait in a thread-safe queue; :meth:`map`, called from a shard task's thread, takes
-    an idle actor for each row, calls it, waits on the calls with ``ray.wait`` and gives each actor
-    back as its row returns. No thread of its own: what runs where is the shard tasks' threads and the
+    The idle actors wait in a thread-safe queue, which an actor joins once it has started (loaded its
+    models); :meth:`map`, called from a shard task's thread, takes an idle actor for each row, calls
+    it, waits on the calls with ``ray.wait`` and gives each actor back as its row returns. No thread of its own: what runs where is the shard tasks' threads and the
     actors. A row whose actor died resolves to ``on_crash(row, error)``; Ray restarts the actor
     (``max_restarts``), and an actor that crashes ``max_crashes`` times in a row is dropped.
 
@@ -126,12 +127,28 @@ class ActorPool:
         self.actors = [remote.remote(*args, env=dict(env or {})) for _ in range(n)]
         self.on_crash, self.poll_s, self.max_crashes = on_crash, poll_s, max_crashes
         self._idle: "queue.Queue[Any]" = queue.Queue()
-        for actor in self.actors:
-            self._idle.put(actor)
         self._crashes = {id(a): 0 for a in self.actors}  # consecutive crashes per actor
         self._alive = n
         self._closed = False
         self._lock = threading.Lock()
+        self._start_error: Optional[BaseException] = None
+        # An actor joins the idle queue once it has started (Ray calls back from its own thread). Rows
+        # never queue on an actor still waiting for resources: two pools sharing too few CPUs would
+        # otherwise each wait on their unstarted actor while holding a started one.
+        for actor in self.actors:
+            actor.ready.remote().future().add_done_callback(functools.partial(self._started, actor))
+
+    def _started(self, actor: Any, ready: Any) -> None:
+        try:
+            ready.result()
+        except Exception as exc:  # noqa: BLE001 - __init__ raised, or the pool was shut down first
+            with self._lock:
+                self._alive -= 1
+                self._start_error = exc
+            if not self._closed:
+                log.error("an actor could not start: %s", exc)
+            return
+        self._idle.put(actor)
 
     def wait_ready(self, timeout: Optional[float] = None) -> None:
         """Block until every actor has loaded its models (raises if one cannot start)."""
@@ -178,7 +195,8 @@ class ActorPool:
                 if actor is None:
                     if inflight:
                         break
-                    exc = RuntimeError("the actor pool shut down before this row ran" if self._closed else "every actor of the pool died; see the Ray logs")
+                    exc = (RuntimeError("the actor pool shut down before this row ran") if self._closed
+                           else self._start_error or RuntimeError("every actor of the pool died; see the Ray logs"))
                     for index in itertools.chain([i], todo):
                         finish(index, self.on_crash(rows[index], exc))
                     i = None

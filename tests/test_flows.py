@@ -402,6 +402,47 @@ def test_an_actor_dying_fails_only_the_row_it_was_on():
     assert results[0]["pid"] != results[2]["pid"]  # Ray restarted the actor in a new process
 
 
+class _Echo:
+    def __init__(self, cfg, env=None):
+        pass
+
+    def ready(self):
+        return True
+
+    def __call__(self, rows):
+        return [{"job_id": rows[0]["job_id"], "status": "ok", "pid": os.getpid()}]
+
+
+@pytest.mark.ray
+def test_rows_go_to_started_actors_not_to_one_waiting_for_a_cpu():
+    # Another pool (here: one actor) holds a CPU; of this pool's two actors one starts and one cannot.
+    # Rows queued on the waiting actor would wait for good (two concurrent runs did exactly that).
+    import ray
+
+    from tasks.pool import ActorPool
+
+    def crashed(row, exc):
+        return {"job_id": row["job_id"], "status": "error", "error": str(exc)}
+
+    free = int(ray.available_resources().get("CPU", 0))
+    holders = ActorPool(_Echo, (None,), max(free - 1, 1), num_cpus=1, on_crash=crashed) if free > 1 else None
+    pool = ActorPool(_Echo, (None,), 2, num_cpus=1, on_crash=crashed)
+    try:
+        if holders is not None:
+            holders.wait_ready(timeout=60)
+        rows = [{"job_id": f"r{i}"} for i in range(6)]
+        done: list = []
+        worker = threading.Thread(target=lambda: done.append(pool.map(rows)), daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+        assert done, "rows waited on an actor that could not start"
+        assert [r["status"] for r in done[0]] == ["ok"] * 6 and len({r["pid"] for r in done[0]}) == 1
+    finally:
+        pool.shutdown()
+        if holders is not None:
+            holders.shutdown()
+
+
 def test_the_actor_module_imports_neither_prefect_nor_ray():
     # Ray imports the actor's module in every actor process: Prefect there costs each actor ~1.5 s of start.
     code = "import sys, tasks.actor; print(sorted(m for m in ('prefect', 'ray') if m in sys.modules))"
