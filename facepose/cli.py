@@ -486,7 +486,7 @@ except ImportError:  # an older typer on plain click
 
 
 def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM (a scheduler's stop, `kill`): unwind like Ctrl+C, so open writers drop their temporary files."""
+    """SIGTERM (a scheduler's stop, `kill`) and SIGHUP: unwind like Ctrl+C, so open writers drop their temporary files."""
     raise KeyboardInterrupt
 
 
@@ -494,6 +494,8 @@ def _entry() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
+    if hasattr(signal, "SIGHUP"):  # the terminal closed: unwind, and stop the servers this run started
+        signal.signal(signal.SIGHUP, _terminate)
     sys.exit(main())
 
 

@@ -38,9 +38,10 @@ handed: contextvars.ContextVar[Optional[Handover]] = contextvars.ContextVar("fac
 
 def _start_prefect_server() -> Optional[threading.Thread]:
     """Without ``PREFECT_API_URL`` a flow run starts Prefect's temporary server itself (a subprocess, about
-    3 s); start it now in a thread instead. Join the thread before calling the flow: ``start()`` is a
-    no-op for a server already started, and the flow then uses it. With ``PREFECT_API_URL``, check that
-    the server answers (ConfigError naming it if not), before anything else starts."""
+    3 s); start it now in a thread instead, in a session of its own (:func:`_own_session_server`). Join
+    the thread before calling the flow: the flow then finds the server started and uses it. With
+    ``PREFECT_API_URL``, check that the server answers (ConfigError naming it if not), before anything
+    else starts."""
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
@@ -53,11 +54,36 @@ def _start_prefect_server() -> Optional[threading.Thread]:
             raise ConfigError(f"cannot reach the Prefect API at {url} (PREFECT_API_URL): {e or type(e).__name__}; "
                               "start that server, or unset PREFECT_API_URL to run with a temporary one") from None
         return None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-server-start", daemon=True)
+    thread = threading.Thread(target=_own_session_server().start, name="prefect-server-start", daemon=True)
     thread.start()
     return thread
+
+
+def _own_session_server() -> Any:
+    """Prefect's temporary server (``SubprocessASGIServer``, one per process: later calls get this one),
+    with its uvicorn process in a session of its own. A terminal's Ctrl+C goes to the whole foreground
+    process group; in it, the server died at once and the interrupted run then spent minutes retrying to
+    report to it. Out of the group, the run stops and stops the server at exit, as before."""
+    import os
+    import subprocess
+    import sys
+
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class OwnSessionServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:  # Prefect 3.8's command, plus start_new_session
+            return subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                 "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error",
+                 "--lifespan", "on"],
+                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+                     **get_current_settings().to_environment_variables(exclude_unset=True)},
+                start_new_session=True,
+            )
+
+    return OwnSessionServer()
 
 
 def run_batch(kind_name: str, manifest: str, out: str, *, overrides: Sequence[str] = (), retry_failed: bool = False, dry_run: bool = False,

@@ -135,12 +135,14 @@ def test_an_interrupted_run_stops_soon_says_so_and_a_rerun_finishes_it(folder):
     (folder / "m.csv").write_text("job_id,reference,driver,seconds\n" + rows)
     out = folder / "out"
     cmd = [sys.executable, "-m", "facepose.cli", "-s", "render.workers=2", "render-batch", str(folder / "m.csv"), "-o", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ), start_new_session=True)
     deadline = time.monotonic() + 180
     while not (out / "_done").is_dir() or not any((out / "_done").iterdir()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)  # Ctrl+C; SIGTERM takes the same path (facepose.cli._terminate)
+    # Ctrl+C in a terminal: SIGINT to the whole process group (Prefect's temporary server must not be in
+    # it, or the run spends minutes reporting to a dead server); SIGTERM takes the same path (cli._terminate)
+    os.killpg(proc.pid, signal.SIGINT)
     t0 = time.monotonic()
     _, stderr = proc.communicate(timeout=120)
     stopped_s, done = time.monotonic() - t0, len(list((out / "_done").iterdir()))
