@@ -12,7 +12,6 @@ An actor whose process dies fails only the row it was working on (Ray restarts t
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import logging
 import os
@@ -132,23 +131,35 @@ class ActorPool:
         self._closed = False
         self._lock = threading.Lock()
         self._start_error: Optional[BaseException] = None
-        # An actor joins the idle queue once it has started (Ray calls back from its own thread). Rows
-        # never queue on an actor still waiting for resources: two pools sharing too few CPUs would
-        # otherwise each wait on their unstarted actor while holding a started one.
-        for actor in self.actors:
-            actor.ready.remote().future().add_done_callback(functools.partial(self._started, actor))
+        # An actor joins the idle queue once it has started (checked with ray.wait on its ready() call
+        # whenever a row looks for an actor). Rows never queue on an actor still waiting for resources:
+        # two pools sharing too few CPUs would otherwise each wait on their unstarted actor for good.
+        self._starting = {actor.ready.remote(): actor for actor in self.actors}
 
-    def _started(self, actor: Any, ready: Any) -> None:
-        try:
-            ready.result()
-        except Exception as exc:  # noqa: BLE001 - __init__ raised, or the pool was shut down first
-            with self._lock:
-                self._alive -= 1
-                self._start_error = exc
-            if not self._closed:
-                log.error("an actor could not start: %s", exc)
+    def _check_started(self) -> None:
+        """Move the actors that have started since the last look into the idle queue."""
+        import ray
+
+        with self._lock:
+            refs = list(self._starting)
+        if not refs:
             return
-        self._idle.put(actor)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            with self._lock:
+                actor = self._starting.pop(ref, None)
+            if actor is None:  # another shard's thread moved it
+                continue
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - __init__ raised, or the pool was shut down first
+                with self._lock:
+                    self._alive -= 1
+                    self._start_error = exc
+                if not self._closed:
+                    log.error("an actor could not start: %s", exc)
+                continue
+            self._idle.put(actor)
 
     def wait_ready(self, timeout: Optional[float] = None) -> None:
         """Block until every actor has loaded its models (raises if one cannot start)."""
@@ -159,6 +170,7 @@ class ActorPool:
     def _take(self, block: bool) -> Any:
         """An idle actor; None when none is idle (``block``: wait while some actor lives and the pool is open)."""
         while True:
+            self._check_started()
             try:
                 return self._idle.get(timeout=self.poll_s) if block else self._idle.get_nowait()
             except queue.Empty:

@@ -424,7 +424,9 @@ def test_rows_go_to_started_actors_not_to_one_waiting_for_a_cpu():
     def crashed(row, exc):
         return {"job_id": row["job_id"], "status": "error", "error": str(exc)}
 
-    free = int(ray.available_resources().get("CPU", 0))
+    total = ray.cluster_resources()["CPU"]
+    _wait_for(lambda: ray.available_resources().get("CPU", 0) >= total, 60, "earlier tests' actors to go")
+    free = int(total)
     holders = ActorPool(_Echo, (None,), max(free - 1, 1), num_cpus=1, on_crash=crashed) if free > 1 else None
     pool = ActorPool(_Echo, (None,), 2, num_cpus=1, on_crash=crashed)
     try:
