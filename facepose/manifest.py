@@ -136,6 +136,18 @@ def _lines(text: str) -> Iterator[str]:
         start = end
 
 
+def batches(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of ``size`` items (the last one shorter) from any iterable, read lazily."""
+    size, batch = max(1, int(size)), []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def iter_row_batches(uri: str, required: tuple[str, ...] = (), size: int = 2000) -> Iterator[list[dict[str, Any]]]:
     """:func:`read_rows` in batches of ``size`` rows, decoded as they are read: memory holds the file's
     bytes and one batch of row dicts, not every row (Parquet: one record batch at a time)."""
@@ -166,14 +178,7 @@ def iter_row_batches(uri: str, required: tuple[str, ...] = (), size: int = 2000)
             if missing:
                 raise InputError(f"{uri}: missing the column(s) {', '.join(missing)} (found {', '.join(pf.schema_arrow.names)}); add them")
             rows = (row for b in pf.iter_batches(batch_size=size) for row in b.to_pylist())
-        batch: list[dict[str, Any]] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        yield from batches(rows, size)
     except UnicodeDecodeError as e:
         raise InputError(f"{uri}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
     except (json.JSONDecodeError, csv.Error, pa.ArrowInvalid) as e:

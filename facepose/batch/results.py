@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from facepose import storage
 from facepose.batch.kind import JobKind
 from facepose.errors import InputError, StorageError
+from facepose.manifest import batches
 
 log = logging.getLogger(__name__)
 
@@ -328,12 +329,5 @@ class Claims:
 
 
 def iter_shards(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    """Lists of ``size`` rows (the last one shorter) from any iterable (a :class:`~facepose.batch.plan.Spool`)."""
-    size, shard = max(1, int(size)), []
-    for row in rows:
-        shard.append(row)
-        if len(shard) >= size:
-            yield shard
-            shard = []
-    if shard:
-        yield shard
+    """Shards of ``size`` rows (the last one shorter) from any iterable (a :class:`~facepose.batch.plan.Spool`)."""
+    return batches(rows, size)
