@@ -186,15 +186,22 @@ class ActorPool:
                 return
         self._idle.put(actor)  # Ray restarts a dead actor process (max_restarts)
 
-    def map(self, rows: list[dict], on_result: Optional[Callable[[dict], None]] = None) -> list[dict]:
+    def map(self, rows: list[dict], on_result: Optional[Callable[[dict], None]] = None,
+            admit: Optional[Callable[[dict], bool]] = None) -> list[Optional[dict]]:
         """Results for ``rows`` in order; ``on_result`` sees each as it arrives. Thread-safe: shard
-        tasks call it at once and share the actors."""
+        tasks call it at once and share the actors.
+
+        admit: asked ``admit(row)`` with an idle actor in hand, just before the row would start; a row
+        it declines is not run and its result is None (a batch run claims the row here, so that it
+        holds claims only on rows an actor is running). If it raises, no further row starts; the rows
+        in flight finish, then the error is raised."""
         import ray
 
         results: list[Optional[dict]] = [None] * len(rows)
         inflight: dict[Any, tuple[Any, int]] = {}  # object ref -> (actor, row index)
         todo = iter(range(len(rows)))
         i = next(todo, None)
+        refused: Optional[Exception] = None
 
         def finish(index: int, result: dict) -> None:
             results[index] = result
@@ -213,6 +220,15 @@ class ActorPool:
                         finish(index, self.on_crash(rows[index], exc))
                     i = None
                     break
+                if admit is not None:
+                    try:
+                        run_it = admit(rows[i])
+                    except Exception as exc:  # noqa: BLE001 - raised once the rows in flight are back
+                        run_it, refused, todo = False, exc, iter(())
+                    if not run_it:
+                        self._idle.put(actor)
+                        i = next(todo, None)
+                        continue
                 inflight[actor.__call__.remote([rows[i]])] = (actor, i)
                 i = next(todo, None)
             if not inflight:
@@ -226,7 +242,9 @@ class ActorPool:
                     result, crashed = self.on_crash(rows[index], exc), True
                 self._give_back(actor, crashed)
                 finish(index, result)
-        return results  # type: ignore[return-value]
+        if refused is not None:
+            raise refused
+        return results
 
     def shutdown(self) -> None:
         """Stop handing out actors (rows not started fail) and kill the actors."""

@@ -30,6 +30,7 @@ from facepose.batch.plan import plan_run
 from facepose.batch.results import Claims, iter_shards, write_part
 from facepose.batch.summary import finish, record_plan
 from facepose.config import load_config
+from facepose.errors import StorageError
 from tasks.common import RETRIES, STORAGE_RETRIES, RunProgress, TransientRowsError
 from tasks.run import handed
 
@@ -51,37 +52,53 @@ class RunContext:
 
 @task(name="shard", **STORAGE_RETRIES)
 def run_shard(index: int, jobs: list[dict], ctx: RunContext) -> int:
-    """Run a shard's jobs on the pool, each under a claim, and write their result rows as one part.
-    Returns how many jobs another run finished first. A transient storage error fails the attempt so
-    Prefect retries it (jobs an earlier attempt finished are kept); the last attempt records it."""
+    """Run a shard's jobs on the pool, each under a claim taken when an actor is free to run it, and
+    write their result rows as one part. Returns how many jobs another run finished first. A transient
+    storage error fails the attempt so Prefect retries it (jobs an earlier attempt finished are kept);
+    the last attempt records it."""
     logger = get_run_logger()
     kind, key = ctx.kind, ctx.kind.id_column
     finished = ctx.finished.setdefault(index, {})
     last = task_run.run_count > RETRIES
-    pending, elsewhere = [job for job in jobs if job[key] not in finished], 0
+    pending, others, held, elsewhere = [job for job in jobs if job[key] not in finished], [], set(), 0
+
+    def admit(job: dict) -> bool:
+        # Asked by the pool with an idle actor in hand: a run holds claims only on jobs an actor is
+        # running, never on jobs queued behind actors still waiting for a CPU (two runs sharing too few
+        # CPUs would otherwise each wait on jobs the other holds).
+        nonlocal elsewhere
+        taken = ctx.claims.take(job[key])
+        if kind.done_result(ctx.out, job) is not None:  # another run finished it since planning
+            if taken:
+                ctx.claims.release(job[key])
+            elsewhere += 1
+            ctx.progress.add({key: job[key], "status": "skipped"})
+            return False
+        if not taken:
+            others.append(job)
+            return False
+        held.add(job[key])
+        return True
 
     def report(row: dict) -> None:
         logger.log(20 if row["status"] == "ok" else 30, "%s", kind.describe(row))
         if row["status"] == "ok" or not row["transient"] or last:
             finished[row[key]] = row
             ctx.progress.add(row)
+        held.discard(row[key])
+        try:
+            ctx.claims.release(row[key])
+        except StorageError as e:  # no longer renewed, so it lapses; its done marker already tells other runs
+            logger.warning("could not give back the claim on %s: %s", row[key], e)
 
     while pending:
-        mine, others = [], []
-        for job in pending:
-            taken = ctx.claims.take(job[key])
-            if kind.done_result(ctx.out, job) is not None:  # another run finished it since planning
-                if taken:
-                    ctx.claims.release(job[key])
-                elsewhere += 1
-                ctx.progress.add({key: job[key], "status": "skipped"})
-            else:
-                (mine if taken else others).append(job)
+        others.clear()
         try:
-            ctx.pool.map(mine, on_result=report)
+            ctx.pool.map(pending, on_result=report, admit=admit)
         finally:
-            for job in mine:
-                ctx.claims.release(job[key])
+            for job_id in list(held):
+                ctx.claims.release(job_id)
+            held.clear()
         pending = [job for job in others if job[key] not in finished]
         if pending:  # another run holds them: wait for its markers, or for its claims to lapse
             time.sleep(min(1.0, ctx.claims.lease_s / 10))

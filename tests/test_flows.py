@@ -369,6 +369,46 @@ def test_two_runs_on_one_prefix_at_once_run_each_job_once_and_keep_every_row(s3,
     _wait_for(lambda: ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"], 60, "both runs' actors to go")
 
 
+@pytest.mark.ray
+@pytest.mark.prefect
+def test_a_run_whose_actors_wait_for_a_cpu_claims_nothing_so_the_run_holding_the_cpus_finishes(s3, s3_server, inputs):
+    # Run A's actors hold every CPU; run B starts while A renders, with two of A's later jobs in its
+    # manifest and an actor that cannot start. If B claimed those jobs up front, A would wait for B's
+    # claims while B waited for A's CPUs, for good (B renews its claims). A run claims a job only with a
+    # started actor in hand, so A renders all of its jobs, stops, and B then finds its two done.
+    import ray
+
+    from flows.render import run_render_batch
+
+    total = int(_all_cpus_free())
+    jobs = _preset_jobs(inputs, 24, seconds=0.5)  # enough that B starts long before A's shards reach its two
+    mf.write_rows(f"{s3}/cpu-a.csv", jobs)
+    mf.write_rows(f"{s3}/cpu-b.csv", jobs[-2:])
+    out = f"{s3}/renders-cpu"
+    long_lease = ["storage.backoff_s=0.2", "batch.lease_s=120", "render.shard_size=1"]
+    summaries: dict[str, dict] = {}
+    a_rendering = threading.Event()
+
+    def run_a() -> None:
+        summaries["a"] = run_render_batch(f"{s3}/cpu-a.csv", out, overrides=long_lease + [f"render.workers={total}"], progress=lambda n, t, row: a_rendering.set())
+
+    def run_b() -> None:
+        summaries["b"] = run_render_batch(f"{s3}/cpu-b.csv", out, overrides=long_lease + ["render.workers=1"])
+
+    a = threading.Thread(target=run_a, daemon=True)
+    a.start()
+    assert a_rendering.wait(120), "run A rendered nothing"
+    assert ray.available_resources().get("CPU", 0) == 0  # A's actors hold every CPU
+    b = threading.Thread(target=run_b, daemon=True)
+    b.start()
+    a.join(timeout=180)
+    b.join(timeout=60)
+    assert "a" in summaries and "b" in summaries, "the two runs waited on each other"
+    assert (summaries["a"]["ok"], summaries["a"]["error"]) == (24, 0), summaries["a"]["errors"]
+    assert (summaries["b"]["ok"], summaries["b"]["skipped"], summaries["b"]["error"]) == (0, 2, 0)
+    assert not [k for k in _keys(s3_server, out) if k.startswith("renders-cpu/_claims/")]
+
+
 class _Fragile:
     """An actor that dies (the whole process) on rows that ask for it."""
 
@@ -413,22 +453,30 @@ class _Echo:
         return [{"job_id": rows[0]["job_id"], "status": "ok", "pid": os.getpid()}]
 
 
+def _crashed(row, exc):
+    return {"job_id": row["job_id"], "status": "error", "error": str(exc)}
+
+
+def _all_cpus_free() -> float:
+    """The local Ray's CPUs, once earlier tests' actors have given theirs back."""
+    import ray
+
+    total = ray.cluster_resources()["CPU"]
+    _wait_for(lambda: ray.available_resources().get("CPU", 0) >= total, 60, "earlier tests' actors to go")
+    return total
+
+
 @pytest.mark.ray
 def test_rows_go_to_started_actors_not_to_one_waiting_for_a_cpu():
     # Another pool (here: one actor) holds a CPU; of this pool's two actors one starts and one cannot.
     # Rows queued on the waiting actor would wait for good (two concurrent runs did exactly that).
-    import ray
 
     from tasks.pool import ActorPool
 
-    def crashed(row, exc):
-        return {"job_id": row["job_id"], "status": "error", "error": str(exc)}
-
-    total = ray.cluster_resources()["CPU"]
-    _wait_for(lambda: ray.available_resources().get("CPU", 0) >= total, 60, "earlier tests' actors to go")
+    total = _all_cpus_free()
     free = int(total)
-    holders = ActorPool(_Echo, (None,), max(free - 1, 1), num_cpus=1, on_crash=crashed) if free > 1 else None
-    pool = ActorPool(_Echo, (None,), 2, num_cpus=1, on_crash=crashed)
+    holders = ActorPool(_Echo, (None,), max(free - 1, 1), num_cpus=1, on_crash=_crashed) if free > 1 else None
+    pool = ActorPool(_Echo, (None,), 2, num_cpus=1, on_crash=_crashed)
     try:
         if holders is not None:
             holders.wait_ready(timeout=60)
@@ -443,6 +491,46 @@ def test_rows_go_to_started_actors_not_to_one_waiting_for_a_cpu():
         pool.shutdown()
         if holders is not None:
             holders.shutdown()
+
+
+@pytest.mark.ray
+def test_rows_are_admitted_only_with_a_started_actor_in_hand():
+    # A batch run claims a job in admit(): a pool whose actor cannot start (every CPU is taken) must not
+    # ask, or the run would hold claims another run waits on while its own rows wait for a CPU.
+
+    from tasks.pool import ActorPool
+
+    total = _all_cpus_free()
+    holders = ActorPool(_Echo, (None,), int(total), num_cpus=1, on_crash=_crashed)
+    waiting = ActorPool(_Echo, (None,), 1, num_cpus=1, on_crash=_crashed)
+    asked: list[str] = []
+    try:
+        holders.wait_ready(timeout=60)
+        done: list = []
+        worker = threading.Thread(target=lambda: done.append(waiting.map([{"job_id": "w"}], admit=lambda r: asked.append(r["job_id"]) or True)), daemon=True)
+        worker.start()
+        worker.join(timeout=3)
+        assert not done and asked == []  # still waiting for a CPU, nothing admitted
+        # the holders run rows; declined rows give None, a raising admit stops new rows and is raised
+        rows = [{"job_id": f"r{i}"} for i in range(4)]
+        out = holders.map(rows, admit=lambda r: r["job_id"] != "r1")
+        assert [r and r["status"] for r in out] == ["ok", None, "ok", "ok"]
+        seen: list[str] = []
+
+        def flaky(row):
+            seen.append(row["job_id"])
+            if row["job_id"] == "r2":
+                raise OSError("storage is down")
+            return True
+
+        with pytest.raises(OSError, match="storage is down"):
+            holders.map(rows, admit=flaky)
+        assert seen == ["r0", "r1", "r2"]
+        assert [r["status"] for r in holders.map(rows[:2])] == ["ok", "ok"]  # every actor came back to the queue
+    finally:
+        holders.shutdown()
+        waiting.shutdown()
+        worker.join(timeout=30)
 
 
 def test_the_actor_module_imports_neither_prefect_nor_ray():
