@@ -374,6 +374,13 @@ def parse_render_rows(
                 raise _field_error(n, job_id, "reference is empty; give the URI of a photo with one face")
             if driver is None:
                 raise _field_error(n, job_id, "driver is empty; give preset:<name> or the URI of a video, audio file or pose Parquet")
+            if driver.startswith("preset:"):  # a misspelt preset fails at planning (and in --dry-run), not in an actor
+                from facepose.pose.presets import check_preset
+
+                try:
+                    check_preset(driver)
+                except InputError as e:
+                    raise _field_error(n, job_id, str(e)) from None
             seconds = None
             if not _blank(raw.get("seconds")):
                 try:

@@ -96,6 +96,12 @@ def test_excel_manifests_windows_1252_and_semicolons_plan_in_a_dry_run(folder):
     (folder / "long.csv").write_text("job_id,reference,driver,seconds\nlong,ref.png,preset:nod,4000\n")
     result = facepose("render-batch", str(folder / "long.csv"), "-o", str(folder / "out"), "--dry-run")
     assert result.returncode == 1 and "batch.max_seconds=600" in result.stdout + result.stderr
+    # a misspelt preset is a bad row at planning: the dry run names it and the choices, the rest plans
+    (folder / "typo.csv").write_text("job_id,reference,driver,seconds\nok,ref.png,preset:nod,1\ntypo,ref.png,preset: nodd,1\n")
+    result = facepose("render-batch", str(folder / "typo.csv"), "-o", str(folder / "out"), "--dry-run", "--json")
+    plan = json.loads(result.stdout)
+    assert result.returncode == 1 and (plan["to_run"], plan["error"]) == (1, 1), result.stdout[-2000:]
+    assert plan["errors"][0]["job_id"] == "typo" and "unknown preset 'nodd'" in plan["errors"][0]["error"] and "head_shake" in plan["errors"][0]["error"]
 
 
 def test_help_documents_the_exit_codes():

@@ -268,11 +268,18 @@ def _unknown(name: str) -> InputError:
     return InputError(f"unknown preset {name!r}; choose from: {', '.join(PRESETS)} (see `facepose pose presets`)")
 
 
-def preset_track(name: str) -> FaceTrack:
-    """The parameter track of preset ``name`` (what the bundled Parquet file was projected from)."""
+def check_preset(name: str) -> str:
+    """``name`` (``preset:`` prefix allowed, spaces around it ignored) as a bundled preset's name.
+    Raises InputError listing the choices when there is no such preset."""
+    name = name.removeprefix("preset:").strip()
     if name not in PRESETS:
         raise _unknown(name)
-    p = PRESETS[name]
+    return name
+
+
+def preset_track(name: str) -> FaceTrack:
+    """The parameter track of preset ``name`` (what the bundled Parquet file was projected from)."""
+    p = PRESETS[check_preset(name)]
     n = frames_for_seconds(p.seconds)
     t = np.arange(n) / FPS
     return p.build(t, n / FPS)
@@ -298,9 +305,7 @@ def _load(name: str) -> PoseSequence:
 def load_preset(name: str) -> PoseSequence:
     """The bundled preset ``name`` (``preset:`` prefix allowed): a PoseSequence on a 512 x 512 canvas at
     24 fps with head_pose; frame 0 is the neutral face. Unknown names raise InputError listing the choices."""
-    name = name.removeprefix("preset:").strip()
-    if name not in PRESETS:
-        raise _unknown(name)
+    name = check_preset(name)
     pose = _load(name)
     # A copy, so callers can edit arrays without touching the cache.
     return PoseSequence(landmarks=pose.landmarks.copy(), scores=pose.scores.copy(), fps=pose.fps,
