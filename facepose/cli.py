@@ -496,7 +496,19 @@ def _entry() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     if hasattr(signal, "SIGHUP"):  # the terminal closed: unwind, and stop the servers this run started
         signal.signal(signal.SIGHUP, _terminate)
-    sys.exit(main())
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        # A run interrupted while its Ray actors were still starting could crash in the interpreter's
+        # final teardown (exit 139, after every cleanup had run; Ray's native threads). Run the exit
+        # handlers (Prefect's temporary server stops, Ray shuts down), flush, and leave without it.
+        import atexit
+        import os
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

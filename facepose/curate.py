@@ -343,13 +343,15 @@ CURATE_VERSION = 2
 
 def input_digest(job: CurateJob, cfg: Optional[Config]) -> Optional[str]:
     """Hash of a video's inputs (video and audio fingerprints, time range), of the settings that shape
-    its outputs and of :data:`CURATE_VERSION`; None when the video does not exist. A rerun redoes a
-    video whose digest changed."""
+    its outputs and of :data:`CURATE_VERSION`; None when the video, or the audio file it names, does
+    not exist. A rerun redoes a video whose digest changed."""
     cfg = (cfg if cfg is not None else Config())
     video_fp = fingerprint(job.video)
     if video_fp is None:
         return None
     audio_fp = fingerprint(job.audio) if job.audio else None
+    if job.audio and audio_fp is None:
+        return None
     c = asdict(cfg.curate)
     settings = {k: c[k] for k in ("fps", "clip_size", "crop_margin", "shot_threshold", "shot_min_frames", "min_clip_s", "max_clip_s",
                                    "min_face_px",

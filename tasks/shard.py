@@ -60,18 +60,17 @@ def run_shard(index: int, jobs: list[dict], ctx: RunContext) -> int:
     kind, key = ctx.kind, ctx.kind.id_column
     finished = ctx.finished.setdefault(index, {})
     last = task_run.run_count > RETRIES
-    pending, others, held, elsewhere = [job for job in jobs if job[key] not in finished], [], set(), 0
+    pending, others, held, elsewhere = [job for job in jobs if job[key] not in finished], [], set(), set()
 
     def admit(job: dict) -> bool:
         # Asked by the pool with an idle actor in hand: a run holds claims only on jobs an actor is
         # running, never on jobs queued behind actors still waiting for a CPU (two runs sharing too few
         # CPUs would otherwise each wait on jobs the other holds).
-        nonlocal elsewhere
         taken = ctx.claims.take(job[key])
         if kind.done_result(ctx.out, job) is not None:  # another run finished it since planning
             if taken:
                 ctx.claims.release(job[key])
-            elsewhere += 1
+            elsewhere.add(job[key])
             ctx.progress.add({key: job[key], "status": "skipped"})
             return False
         if not taken:
@@ -102,12 +101,12 @@ def run_shard(index: int, jobs: list[dict], ctx: RunContext) -> int:
         pending = [job for job in others if job[key] not in finished]
         if pending:  # another run holds them: wait for its markers, or for its claims to lapse
             time.sleep(min(1.0, ctx.claims.lease_s / 10))
-    transient = [job[key] for job in jobs if job[key] not in finished]  # only transient errors leave a job unfinished
+    transient = [job[key] for job in jobs if job[key] not in finished and job[key] not in elsewhere]  # only transient errors leave a job unfinished
     if transient and not last:
         raise TransientRowsError(f"{len(transient)} {kind.noun}(s) of shard {index} hit a transient storage error ({', '.join(transient[:5])})")
     write_part(kind, ctx.out, ctx.run_id, f"{index:06d}", [finished[job[key]] for job in jobs if job[key] in finished])
     ctx.finished.pop(index, None)
-    return elsewhere
+    return len(elsewhere)
 
 
 # The storage steps of the flow body, with the retry policy of every storage task.

@@ -128,6 +128,11 @@ def test_json_summaries_of_render_curate_and_lesson_batches(folder):
     (folder / "videos.csv").write_text("video_id,video\nv,v.mp4\n")
     curate = json.loads(facepose("curate", str(folder / "videos.csv"), "-o", out, "--dry-run", "--json").stdout)
     assert (curate["videos"], curate["to_run"]) == (1, 1)
+    (folder / "sound.csv").write_text("video_id,video,audio\nv,v.mp4,nope.wav\n")  # a missing audio file is named at planning too
+    result = facepose("curate", str(folder / "sound.csv"), "-o", out, "--dry-run", "--json")
+    sound = json.loads(result.stdout)
+    assert result.returncode == 1 and (sound["to_run"], sound["error"]) == (0, 1), result.stdout[-2000:]
+    assert "audio" in sound["errors"][0]["error"] and "nope.wav does not exist" in sound["errors"][0]["error"]
     (folder / "lessons.csv").write_text("job_id,reference,driver\nintro,ref.png,text:Hello there.\n")
     lesson = facepose("lesson-batch", str(folder / "lessons.csv"), "-o", out, "--dry-run", "--json")
     assert lesson.returncode == 0 and json.loads(lesson.stdout)["to_run"] == 1, lesson.stderr[-2000:]

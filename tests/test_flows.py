@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -371,7 +372,7 @@ def test_two_runs_on_one_prefix_at_once_run_each_job_once_and_keep_every_row(s3,
 
 @pytest.mark.ray
 @pytest.mark.prefect
-def test_a_run_whose_actors_wait_for_a_cpu_claims_nothing_so_the_run_holding_the_cpus_finishes(s3, s3_server, inputs):
+def test_a_run_whose_actors_wait_for_a_cpu_claims_nothing_so_the_run_holding_the_cpus_finishes(s3, s3_server, inputs, capfd, caplog):
     # Run A's actors hold every CPU; run B starts while A renders, with two of A's later jobs in its
     # manifest and an actor that cannot start. If B claimed those jobs up front, A would wait for B's
     # claims while B waited for A's CPUs, for good (B renews its claims). A run claims a job only with a
@@ -395,6 +396,7 @@ def test_a_run_whose_actors_wait_for_a_cpu_claims_nothing_so_the_run_holding_the
     def run_b() -> None:
         summaries["b"] = run_render_batch(f"{s3}/cpu-b.csv", out, overrides=long_lease + ["render.workers=1"])
 
+    caplog.set_level(logging.INFO, logger="prefect")
     a = threading.Thread(target=run_a, daemon=True)
     a.start()
     assert a_rendering.wait(120), "run A rendered nothing"
@@ -406,6 +408,9 @@ def test_a_run_whose_actors_wait_for_a_cpu_claims_nothing_so_the_run_holding_the
     assert "a" in summaries and "b" in summaries, "the two runs waited on each other"
     assert (summaries["a"]["ok"], summaries["a"]["error"]) == (24, 0), summaries["a"]["errors"]
     assert (summaries["b"]["ok"], summaries["b"]["skipped"], summaries["b"]["error"]) == (0, 2, 0)
+    logged = "".join(capfd.readouterr()) + caplog.text  # Prefect's log of both flow runs (the console's, or the records)
+    assert "2 jobs: 0 ok, 0 failed, 2 skipped" in logged
+    assert "Retry" not in logged  # jobs done by the other run are not mistaken for storage errors and retried
     assert not [k for k in _keys(s3_server, out) if k.startswith("renders-cpu/_claims/")]
 
 

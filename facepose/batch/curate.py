@@ -15,6 +15,7 @@ class CurateKind(JobKind):
     noun = "video"
     id_column = "video_id"
     required = ("video_id", "video")
+    input_columns = ("video", "audio")
     result_schema = mf.CURATE_RESULT_SCHEMA
     section = "curate"
 
@@ -27,9 +28,6 @@ class CurateKind(JobKind):
         from facepose.curate import input_digest
 
         return input_digest(mf.CurateJob(**job), self.cfg)
-
-    def missing(self, job: dict[str, Any]) -> str:
-        return f"video {job['video_id']!r}: {job['video']} does not exist; check the manifest's video column"
 
     def marker(self, out: str, job_id: str) -> str:
         from facepose.curate import marker_uri

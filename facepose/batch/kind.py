@@ -27,6 +27,7 @@ class JobKind:
     result_schema: ClassVar[pa.Schema]  # one result row per manifest row
     section: ClassVar[str]  # config section with shard_size, workers, num_cpus, num_gpus
     results_name: ClassVar[str] = "results.parquet"  # under the output prefix
+    input_columns: ClassVar[tuple[str, ...]] = ()  # columns naming input files; :meth:`missing` checks them in order
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -51,7 +52,14 @@ class JobKind:
         raise NotImplementedError
 
     def missing(self, job: dict[str, Any]) -> str:
-        """The message for a job whose :meth:`digest` is None."""
+        """The message for a job whose :meth:`digest` is None: the first of :attr:`input_columns` whose
+        file does not exist (``preset:`` and ``text:`` values are not files)."""
+        from facepose.manifest import fingerprint
+
+        for column in self.input_columns:
+            value = job.get(column)
+            if value and not str(value).startswith(("preset:", "text:")) and fingerprint(value) is None:
+                return f"{self.noun} {job[self.id_column]!r}: {column} {value} does not exist; check the manifest's {column} column"
         return f"{self.noun} {job[self.id_column]!r}: an input does not exist; check the manifest"
 
     def marker(self, out: str, job_id: str) -> str:

@@ -17,6 +17,7 @@ class RenderKind(JobKind):
     noun = "job"
     id_column = "job_id"
     required = ("job_id", "reference", "driver")
+    input_columns = ("reference", "driver")
     result_schema = mf.RESULT_SCHEMA
     section = "render"
 
@@ -39,12 +40,6 @@ class RenderKind(JobKind):
     def digest(self, job: dict[str, Any]) -> Optional[str]:
         ok, _ = mf.attach_digests([mf.RenderJob(**job)], self._fingerprints)
         return ok[0].input_digest if ok else None
-
-    def missing(self, job: dict[str, Any]) -> str:
-        for column in ("reference", "driver"):
-            if not str(job[column]).startswith("preset:") and mf.fingerprint(job[column]) is None:
-                return f"job {job['job_id']!r}: {column} {job[column]} does not exist; check the manifest's {column} column"
-        return super().missing(job)
 
     def marker(self, out: str, job_id: str) -> str:
         return mf.storage.join(out, mf.DONE_DIR, f"{job_id}.json")
