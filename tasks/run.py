@@ -115,19 +115,13 @@ def run_batch(kind_name: str, manifest: str, out: str, *, overrides: Sequence[st
     # Ray and the actors start here, in this thread, while Prefect's temporary server (if one is needed)
     # starts in another: the actors load their models as Prefect boots (about 3 s each from the CLI).
     server = _start_prefect_server()
-    try:
-        with ray_session(cfg.batch):
-            pool = kind_pool(kind, out, len(plan.todo))
-            token = handed.set(Handover(plan, progress, pool, t0))
-            try:
-                if server is not None:
-                    server.join()
-                return flow(manifest, out, overrides=list(overrides), retry_failed=retry_failed, config_files=[str(f) for f in config_files])
-            finally:
-                handed.reset(token)
-                pool.shutdown()
-    finally:
-        # Interrupted while the server was starting: let that thread finish first. A daemon thread still
-        # inside Prefect's start-up when the interpreter exits crashed it (exit 139 instead of 130).
-        if server is not None and server.is_alive():
-            server.join(timeout=60)
+    with ray_session(cfg.batch):
+        pool = kind_pool(kind, out, len(plan.todo))
+        token = handed.set(Handover(plan, progress, pool, t0))
+        try:
+            if server is not None:
+                server.join()
+            return flow(manifest, out, overrides=list(overrides), retry_failed=retry_failed, config_files=[str(f) for f in config_files])
+        finally:
+            handed.reset(token)
+            pool.shutdown()
